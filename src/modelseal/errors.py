@@ -1,0 +1,79 @@
+"""The one error root of modelseal and its small tree.
+
+Every failure the library can diagnose is a :class:`ModelSealError`; the CLI catches only this root,
+prints its one-line message and exits with the class's ``exit_code``. Messages never contain key
+material, passphrases or plaintext.
+"""
+
+from __future__ import annotations
+
+
+class ModelSealError(Exception):
+    """Root of every error modelseal raises on purpose."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    @property
+    def diagnostic(self) -> str:
+        return self.message
+
+
+class UsageError(ModelSealError):
+    """The caller asked for something contradictory or incomplete."""
+
+    exit_code = 2
+
+
+class FormatError(ModelSealError):
+    """The input is not a well-formed sealed model (foreign, malformed or truncated header)."""
+
+    exit_code = 3
+
+
+class UnsupportedVersionError(FormatError):
+    """The sealed model was written by a format version this library does not read."""
+
+
+class IntegrityError(ModelSealError):
+    """Authentication failed: the header or payload was altered, truncated, extended or spliced.
+
+    Deliberately opaque: an attacker learns nothing about which byte failed.
+    """
+
+    exit_code = 4
+    OPAQUE = "integrity check failed: the sealed model is corrupted or has been tampered with"
+
+    def __init__(self, message: str = OPAQUE) -> None:
+        super().__init__(message)
+
+
+class SignatureError(IntegrityError):
+    """The owner signature is missing, made by another key, or does not match the file."""
+
+
+class NoMatchingIdentityError(ModelSealError):
+    """None of the given identities (keys, passphrases) can open this sealed model."""
+
+    exit_code = 5
+
+
+class KeyFileError(ModelSealError):
+    """A key, identity, recipient or passphrase file could not be read or has the wrong form."""
+
+    exit_code = 6
+
+
+class OutputError(ModelSealError):
+    """An output cannot be written safely (it exists, escapes its folder, or the disk refused)."""
+
+    exit_code = 7
+
+
+class HeaderRoomError(ModelSealError):
+    """An in-place header rewrite does not fit in the room the header reserved."""
+
+    exit_code = 8

@@ -1,0 +1,1 @@
+"""The sealed-model format: header bytes, key schedule, STREAM payload, manifest."""

@@ -1,0 +1,205 @@
+"""open() and verify(): authenticate a sealed model and decrypt it into memory only."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from .envelope import Unlocked, unlock
+from .errors import FormatError, IntegrityError, SignatureError, UsageError
+from .fileio import readinto_full
+from .format import manifest
+from .format.header import PREAMBLE_SIZE, Header, parse_header, parse_preamble
+from .format.manifest import Manifest, ManifestEntry
+from .format.stream import PayloadCipher
+from .memory import PlainBuffer
+from .payload import decrypt_stream, hash_stream
+from .progress import Progress, no_progress
+from .recipients import Identity
+from .signing import check_signature
+
+Identities = Identity | Sequence[Identity]
+
+
+def open_sealed_file(path: str | os.PathLike[str]) -> BinaryIO:
+    try:
+        return Path(path).open("rb", buffering=0)
+    except OSError as e:
+        raise UsageError(f"cannot open {path}: {e.strerror}") from None
+
+
+def read_header(f: BinaryIO) -> Header:
+    """Read and parse the header from the start of ``f``, reading no more than it declares."""
+    preamble = memoryview(bytearray(PREAMBLE_SIZE))
+    try:
+        readinto_full(f, preamble)
+    except FormatError:
+        raise FormatError("not a modelseal sealed model (too short)") from None
+    header_length, _ = parse_preamble(bytes(preamble))
+    size = os.fstat(f.fileno()).st_size
+    if size < header_length:
+        raise FormatError("malformed header: file is shorter than its header")
+    region = bytearray(header_length)
+    region[:PREAMBLE_SIZE] = preamble
+    readinto_full(f, memoryview(region)[PREAMBLE_SIZE:])
+    return parse_header(bytes(region))
+
+
+def check_size(f: BinaryIO, header: Header) -> None:
+    expected = header.header_length + header.core.payload_ciphertext_length
+    actual = os.fstat(f.fileno()).st_size
+    if actual != expected:
+        what = "truncated" if actual < expected else "followed by extra bytes"
+        raise IntegrityError(f"integrity check failed: the sealed model is {what} ({actual} bytes, expected {expected})")
+
+
+def check_owner(f: BinaryIO, header: Header, signer: Ed25519PublicKey, progress: Progress = no_progress) -> None:
+    """Keyless: the signature over the core is the owner's and the payload hashes to what it signed."""
+    check_signature(signer, header.core.signer_key, header.signature, header.version, header.core_bytes)
+    check_size(f, header)
+    f.seek(header.header_length)
+    hasher = hashlib.sha256()
+    hash_stream(f, hasher, progress)
+    if not hmac.compare_digest(hasher.digest(), header.core.payload_digest):
+        raise SignatureError("signature check failed: the payload is not the one the owner signed")
+
+
+def _manifest(header: Header, unlocked: Unlocked) -> Manifest:
+    return manifest.decode(manifest.unseal(unlocked.keys.manifest, header.core.manifest), header.core.payload_length)
+
+
+class SealedModel:
+    """An opened sealed model: its files in one private anonymous mapping, zeroized on close()."""
+
+    def __init__(self, header: Header, contents: Manifest, plain: PlainBuffer) -> None:
+        self._header = header
+        self._entries = {e.name: e for e in contents.entries}
+        self.is_folder = contents.folder
+        self._plain = plain
+        self.metadata: dict[str, Any] = json.loads(header.core.metadata or b"{}")
+
+    @property
+    def closed(self) -> bool:
+        return self._plain.closed
+
+    @property
+    def signed(self) -> bool:
+        return bool(self._header.core.signer_key)
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def entries(self) -> list[ManifestEntry]:
+        """Name, offset in the plaintext, size and executable bit of every file."""
+        return list(self._entries.values())
+
+    def size(self, name: str | None = None) -> int:
+        return self._entry(name).size
+
+    def _entry(self, name: str | None) -> ManifestEntry:
+        if self._plain.closed:
+            raise ValueError("the sealed model is closed")
+        if name is None:
+            if len(self._entries) != 1:
+                raise UsageError(f"this model holds {len(self._entries)} files: name the one to read")
+            return next(iter(self._entries.values()))
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UsageError(f"no file named {name!r} in this sealed model") from None
+
+    def read(self, name: str | None = None) -> memoryview:
+        """The plaintext of one file as a read-only view into the private mapping (no copy)."""
+        entry = self._entry(name)
+        return self._plain.export(entry.offset, entry.offset + entry.size)
+
+    def close(self) -> None:
+        self._plain.close()
+
+    def __enter__(self) -> SealedModel:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        plain = getattr(self, "_plain", None)
+        if plain is not None:
+            plain.close()
+
+
+def open(  # noqa: A001 - the recipe is modelseal.open, like age's Decrypt or gzip.open
+    path: str | os.PathLike[str],
+    identity: Identities,
+    *,
+    signer: Ed25519PublicKey | None = None,
+    progress: Progress = no_progress,
+) -> SealedModel:
+    """Authenticate and decrypt a sealed model into memory. Nothing is released unless every check passes."""
+    with open_sealed_file(path) as f:
+        header = read_header(f)
+        unlocked = unlock(header, identity)
+        check_size(f, header)
+        if signer is not None:
+            check_owner(f, header, signer)
+        contents = _manifest(header, unlocked)
+        plain = PlainBuffer(header.core.payload_length)
+        try:
+            f.seek(header.header_length)
+            cipher = PayloadCipher(unlocked.keys.payload, header.core.chunk_size, header.core.payload_length)
+            decrypt_stream(f, cipher, plain.view, progress=progress)
+        except BaseException:
+            plain.close()
+            raise
+    return SealedModel(header, contents, plain)
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    path: Path
+    header_authenticated: bool
+    payload_authenticated: bool
+    signature_checked: bool
+    files: int | None
+    payload_length: int
+
+
+def verify(
+    path: str | os.PathLike[str],
+    identity: Identities | None = None,
+    signer: Ed25519PublicKey | None = None,
+    *,
+    progress: Progress = no_progress,
+) -> VerifyReport:
+    """Check a sealed model completely without writing or keeping plaintext.
+
+    With an identity: the header MACs and every payload chunk. With the owner's public key (no
+    decryption key needed): the signature and the payload digest it covers. Raises on any failure.
+    """
+    if identity is None and signer is None:
+        raise UsageError("nothing to verify against: give an identity and/or the owner's public key")
+    with open_sealed_file(path) as f:
+        header = read_header(f)
+        files = None
+        if signer is not None:
+            check_owner(f, header, signer, progress)
+        if identity is not None:
+            unlocked = unlock(header, identity)
+            check_size(f, header)
+            files = len(_manifest(header, unlocked).entries)
+            f.seek(header.header_length)
+            cipher = PayloadCipher(unlocked.keys.payload, header.core.chunk_size, header.core.payload_length)
+            decrypt_stream(f, cipher, None, progress=progress)
+    return VerifyReport(Path(path), identity is not None, identity is not None, signer is not None, files,
+                        header.core.payload_length)

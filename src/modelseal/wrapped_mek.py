@@ -1,0 +1,143 @@
+"""The qaic session-key flow: wrap a MEK for device session keys, then swap the wraps into a model.
+
+`wrap_mek` runs where the MEK is (the owner's trusted machine) and writes, per device, the three
+files qaic's `replace-mek` expects. `replace_mek` runs anywhere, without the MEK: it replaces the
+model's X25519 stanzas with the new ones, whose MACs the MEK holder already computed, and keeps the
+header length so the header MAC (which it cannot recompute) stays valid.
+
+Per device folder (see docs/SPEC.md §6):
+  MEK.encrypt  the HPKE ciphertext of the MEK (encapsulated key || sealed MEK), the stanza body
+  MEK.pub      the device session public key it is wrapped to (32 raw bytes)
+  MEK.nonce    the 32-byte stanza MAC made with the MEK (modelseal's wrap needs no separate nonce;
+               the file keeps qaic's name so scripts that move the three files keep working)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+from .envelope import VERSION
+from .errors import HeaderRoomError, KeyFileError, UsageError
+from .fileio import atomic_write_bytes
+from .format.header import MAC_SIZE, MAX_STANZA_BODY, Header, Stanza
+from .format.keys import authenticate_stanza
+from .keyfiles import x25519_recipient_string
+from .opening import open_sealed_file, read_header
+from .progress import Progress, no_progress
+from .recipients import MEK, X25519Recipient
+from .recipients.x25519 import STANZA_TYPE as X25519_TYPE
+from .recipients.x25519 import fingerprint, public_bytes
+from .rewriting import write_new_file
+
+CONFIG_FORMAT = "modelseal-wrapped-mek/1"
+
+
+@dataclass(frozen=True)
+class WrappedMEK:
+    device: int
+    stanza: Stanza
+
+
+def wrap_mek(mek: MEK, recipients: Sequence[X25519Recipient], output_dir: str | os.PathLike[str]) -> list[Path]:
+    """Write ``output_dir/deviceN/{MEK.encrypt,MEK.nonce,MEK.pub}`` and ``config.json``; return the folders."""
+    if not recipients:
+        raise UsageError("wrap-mek needs at least one device public key")
+    root = Path(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    folders = []
+    devices = []
+    for number, recipient in enumerate(recipients):
+        (stanza,) = recipient.wrap(mek.key)
+        stanza = authenticate_stanza(mek.key, stanza)
+        folder = root / f"device{number}"
+        folder.mkdir(exist_ok=True)
+        atomic_write_bytes(folder / "MEK.encrypt", stanza.body)
+        atomic_write_bytes(folder / "MEK.nonce", stanza.mac)
+        atomic_write_bytes(folder / "MEK.pub", public_bytes(recipient.public_key))
+        folders.append(folder)
+        devices.append(
+            {"device": number, "folder": folder.name, "recipient": x25519_recipient_string(recipient),
+             "mek_id": mek.key_id.hex()}
+        )
+    config = {"format": CONFIG_FORMAT, "version": VERSION, "devices": devices}
+    atomic_write_bytes(root / "config.json", json.dumps(config, indent=2).encode() + b"\n")
+    return folders
+
+
+def _read_small(path: Path, limit: int) -> bytes:
+    try:
+        with path.open("rb") as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise KeyFileError(f"cannot read {path}: {e.strerror}") from None
+    if len(data) > limit:
+        raise KeyFileError(f"{path} is too large")
+    return data
+
+
+def _load_one(folder: Path, device: int) -> WrappedMEK:
+    pub = _read_small(folder / "MEK.pub", 32)
+    body = _read_small(folder / "MEK.encrypt", MAX_STANZA_BODY)
+    mac = _read_small(folder / "MEK.nonce", MAC_SIZE)
+    if len(pub) != 32 or len(mac) != MAC_SIZE:
+        raise KeyFileError(f"{folder}: MEK.pub must hold 32 bytes and MEK.nonce {MAC_SIZE}")
+    X25519PublicKey.from_public_bytes(pub)
+    return WrappedMEK(device, Stanza(X25519_TYPE, (fingerprint(pub),), body, mac))
+
+
+def load_wrapped_meks(folders: Sequence[str | os.PathLike[str]]) -> list[WrappedMEK]:
+    """Read device folders, or folders written by wrap_mek (with config.json and deviceN/ inside)."""
+    found: list[WrappedMEK] = []
+    for item in folders:
+        folder = Path(item)
+        config = folder / "config.json"
+        if (folder / "MEK.encrypt").exists():
+            found.append(_load_one(folder, len(found)))
+        elif config.exists():
+            try:
+                doc = json.loads(_read_small(config, 1 << 20))
+                rows = [(int(d["device"]), str(d["folder"])) for d in doc["devices"]]
+            except (ValueError, KeyError, TypeError):
+                raise KeyFileError(f"{config} is not a wrap-mek config") from None
+            for device, name in rows:
+                sub = (folder / name).resolve()
+                if sub.parent != folder.resolve():
+                    raise KeyFileError(f"{config} points outside its folder")
+                found.append(_load_one(sub, device))
+        else:
+            raise KeyFileError(f"{folder} holds neither MEK.encrypt nor config.json")
+    if not found:
+        raise UsageError("no wrapped MEK found")
+    return found
+
+
+def replace_mek(
+    encrypted: str | os.PathLike[str],
+    wrapped: Sequence[WrappedMEK],
+    output_dir: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    progress: Progress = no_progress,
+) -> Path:
+    """Swap the model's X25519 stanzas for ``wrapped`` into ``output_dir`` (no MEK, no re-encryption)."""
+    with open_sealed_file(encrypted) as f:
+        old = read_header(f)
+    kept = [s for s in old.stanzas if s.type != X25519_TYPE]
+    new = Header(old.version, old.header_length, old.core, old.core_bytes, old.mac, old.signature,
+                 kept + [w.stanza for w in wrapped])
+    if new.used_length > new.header_length:
+        raise HeaderRoomError(
+            f"{len(wrapped)} wrapped MEKs need {new.used_length} header bytes but the model reserved "
+            f"{old.header_length}; ask the MEK holder to `modelseal rewrap` with more room"
+        )
+    out_dir = Path(output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dst = out_dir / Path(encrypted).name
+    write_new_file(encrypted, old, new, dst, overwrite=overwrite, progress=progress)
+    return dst
