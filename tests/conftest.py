@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import modelseal
+from modelseal.format.stream import PayloadCipher
+
+
+def random_file(path: Path, size: int) -> bytes:
+    data = os.urandom(size)
+    path.write_bytes(data)
+    return data
+
+
+@pytest.fixture
+def mek() -> bytes:
+    return modelseal.keygen()
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> tuple[Path, bytes]:
+    path = tmp_path / "model.bin"
+    return path, random_file(path, 3 * 4096 + 123)
+
+
+@pytest.fixture
+def model_folder(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+    root = tmp_path / "folder"
+    (root / "weights").mkdir(parents=True)
+    contents = {
+        "model.xml": b"<net>" + os.urandom(100) + b"</net>",
+        "weights/model.bin": os.urandom(20_000),
+        "empty.txt": b"",
+        "tokenizer.json": b'{"a": 1}',
+    }
+    for name, data in contents.items():
+        (root / name).write_bytes(data)
+    return root, contents
+
+
+@pytest.fixture
+def decrypt_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """Counts payload chunk decryptions, to prove header failures stop before any chunk."""
+    calls: list[int] = []
+    original: Callable[..., None] = PayloadCipher.decrypt_into
+
+    def counting(self: PayloadCipher, index: int, ciphertext: memoryview, out: memoryview) -> None:
+        calls.append(index)
+        original(self, index, ciphertext, out)
+
+    monkeypatch.setattr(PayloadCipher, "decrypt_into", counting)
+    yield calls
