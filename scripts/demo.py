@@ -12,12 +12,14 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from skl2onnx import to_onnx
 from sklearn.datasets import load_digits
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
 import modelseal
@@ -33,9 +35,12 @@ def build_model(path: Path) -> np.ndarray:
     digits = load_digits()
     x = digits.data.astype(np.float32) / 16.0
     clf = MLPClassifier(hidden_layer_sizes=(256, 128), max_iter=60, random_state=0)
-    clf.fit(x[:1500], digits.target[:1500])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # 60 epochs are plenty for a demo
+        clf.fit(x[:1500], digits.target[:1500])
     path.write_bytes(to_onnx(clf, x[:1], options={"zipmap": False}).SerializeToString())
-    return x[1500:1520]
+    sample: np.ndarray = x[1500:1520]
+    return sample
 
 
 def run(session: ort.InferenceSession, x: np.ndarray) -> list[np.ndarray]:
@@ -64,9 +69,17 @@ def main() -> int:
 
     step("owner: seal the model to the MEK and the device, signed")
     sealed = OUT / "digits.onnx.mseal"
-    result = modelseal.seal(plain, sealed, [device.recipient], mek=mek, signer=signer,
-                            metadata={"name": "digits-mlp", "runtime": "onnxruntime"})
-    print(f"{sealed.name}: {result.sealed_length} bytes, {result.chunk_count} chunk(s), signed={result.signed}")
+    result = modelseal.seal(
+        plain,
+        sealed,
+        [device.recipient],
+        mek=mek,
+        signer=signer,
+        metadata={"name": "digits-mlp", "runtime": "onnxruntime"},
+    )
+    print(
+        f"{sealed.name}: {result.sealed_length} bytes, {result.chunk_count} chunk(s), signed={result.signed}"
+    )
 
     step("anyone: inspect and verify the owner signature without any key")
     info = modelseal.inspect(sealed)
@@ -76,7 +89,9 @@ def main() -> int:
 
     step("device: open in memory with its identity and run inference")
     t0 = time.perf_counter()
-    with modelseal.open(sealed, modelseal.load_identity(OUT / "device.key"), signer=signer.public_key()) as model:
+    with modelseal.open(
+        sealed, modelseal.load_identity(OUT / "device.key"), signer=signer.public_key()
+    ) as model:
         view = model.read()
         # ONNX Runtime takes a path or bytes; bytes() copies the plaintext once, in memory only.
         session = ort.InferenceSession(bytes(view), providers=["CPUExecutionProvider"])

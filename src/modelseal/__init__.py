@@ -33,11 +33,13 @@ from .keyfiles import (
     load_mek,
     load_signer,
     load_signer_public,
-    parse_recipient as load_recipient,
     write_mek,
     write_signer,
     write_x25519_identity,
     x25519_recipient_string,
+)
+from .keyfiles import (
+    parse_recipient as load_recipient,
 )
 from .opening import SealedModel, VerifyReport, open, verify
 from .recipients import MEK, Identity, Passphrase, Recipient, X25519Identity, X25519Recipient

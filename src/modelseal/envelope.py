@@ -12,13 +12,23 @@ from dataclasses import dataclass
 
 from .errors import IntegrityError, NoMatchingIdentityError
 from .format.header import Core, Header, Stanza, encode_preamble
-from .format.keys import FileKeys, authenticate_stanza, derive_file_keys, header_mac, header_mac_ok, stanza_mac_key, stanza_mac_ok
+from .format.keys import (
+    FileKeys,
+    authenticate_stanza,
+    derive_file_keys,
+    header_mac,
+    header_mac_ok,
+    stanza_mac_key,
+    stanza_mac_ok,
+)
 from .recipients import MEK, Identity
 
 VERSION = 1
 
 
-def assemble(file_key: bytes, core: Core, stanzas: Sequence[Stanza], header_length: int, signature: bytes) -> Header:
+def assemble(
+    file_key: bytes, core: Core, stanzas: Sequence[Stanza], header_length: int, signature: bytes
+) -> Header:
     """Build a header whose MAC and stanza MACs are made with ``file_key``."""
     core_bytes = core.encode()
     keys = derive_file_keys(file_key, core.salt)
@@ -58,4 +68,3 @@ def unlock(header: Header, identities: Identity | Sequence[Identity]) -> Unlocke
     if candidates_seen:
         raise IntegrityError()
     raise NoMatchingIdentityError("no identity given can open this sealed model (wrong key or passphrase?)")
-

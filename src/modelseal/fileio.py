@@ -7,6 +7,7 @@ folder, is fsynced, then renamed over the final name, and the folder is fsynced.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 from collections.abc import Iterator
@@ -25,7 +26,9 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str], mode: int = 0o644, *, overwrite: bool = True) -> Iterator[BinaryIO]:
+def atomic_output(
+    path: str | os.PathLike[str], mode: int = 0o644, *, overwrite: bool = True
+) -> Iterator[BinaryIO]:
     """Yield a binary file that replaces ``path`` only if the block completes without error."""
     final = Path(path)
     if not overwrite and final.exists():
@@ -63,7 +66,10 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o
         f.write(data)
 
 
-def readinto_full(f: BinaryIO, view: memoryview) -> None:
+Readable = io.RawIOBase | io.BufferedIOBase
+
+
+def readinto_full(f: Readable, view: memoryview) -> None:
     """Fill ``view`` completely: unbuffered reads on cold files return short counts."""
     done = 0
     total = len(view)

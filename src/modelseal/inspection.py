@@ -54,7 +54,11 @@ def inspect(path: str | os.PathLike[str]) -> Inspection:
         metadata = json.loads(core.metadata) if core.metadata else {}
     except ValueError:
         metadata = {"_unparsed": core.metadata.decode("utf-8", "replace")}
-    signer = ed25519_public_string(Ed25519PublicKey.from_public_bytes(core.signer_key)) if core.signer_key else None
+    signer = (
+        ed25519_public_string(Ed25519PublicKey.from_public_bytes(core.signer_key))
+        if core.signer_key
+        else None
+    )
     return Inspection(
         path=str(Path(path)),
         format_version=header.version,

@@ -150,7 +150,9 @@ def write_x25519_identity(identity: X25519Identity, path: str | os.PathLike[str]
     """Write the identity (PEM, 0600, with its public recipient as a comment); return the recipient."""
     recipient = x25519_recipient_string(identity.recipient)
     pem = identity.private_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-    atomic_write_bytes(path, f"# modelseal X25519 identity\n# public key: {recipient}\n".encode() + pem, 0o600)
+    atomic_write_bytes(
+        path, f"# modelseal X25519 identity\n# public key: {recipient}\n".encode() + pem, 0o600
+    )
     return recipient
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -30,14 +31,14 @@ from .signing import check_signature
 Identities = Identity | Sequence[Identity]
 
 
-def open_sealed_file(path: str | os.PathLike[str]) -> BinaryIO:
+def open_sealed_file(path: str | os.PathLike[str]) -> io.FileIO:
     try:
         return Path(path).open("rb", buffering=0)
     except OSError as e:
         raise UsageError(f"cannot open {path}: {e.strerror}") from None
 
 
-def read_header(f: BinaryIO) -> Header:
+def read_header(f: io.FileIO) -> Header:
     """Read and parse the header from the start of ``f``, reading no more than it declares."""
     preamble = memoryview(bytearray(PREAMBLE_SIZE))
     try:
@@ -54,15 +55,19 @@ def read_header(f: BinaryIO) -> Header:
     return parse_header(bytes(region))
 
 
-def check_size(f: BinaryIO, header: Header) -> None:
+def check_size(f: io.FileIO, header: Header) -> None:
     expected = header.header_length + header.core.payload_ciphertext_length
     actual = os.fstat(f.fileno()).st_size
     if actual != expected:
         what = "truncated" if actual < expected else "followed by extra bytes"
-        raise IntegrityError(f"integrity check failed: the sealed model is {what} ({actual} bytes, expected {expected})")
+        raise IntegrityError(
+            f"integrity check failed: the sealed model is {what} ({actual} bytes, expected {expected})"
+        )
 
 
-def check_owner(f: BinaryIO, header: Header, signer: Ed25519PublicKey, progress: Progress = no_progress) -> None:
+def check_owner(
+    f: io.FileIO, header: Header, signer: Ed25519PublicKey, progress: Progress = no_progress
+) -> None:
     """Keyless: the signature over the core is the owner's and the payload hashes to what it signed."""
     check_signature(signer, header.core.signer_key, header.signature, header.version, header.core_bytes)
     check_size(f, header)
@@ -74,7 +79,9 @@ def check_owner(f: BinaryIO, header: Header, signer: Ed25519PublicKey, progress:
 
 
 def _manifest(header: Header, unlocked: Unlocked) -> Manifest:
-    return manifest.decode(manifest.unseal(unlocked.keys.manifest, header.core.manifest), header.core.payload_length)
+    return manifest.decode(
+        manifest.unseal(unlocked.keys.manifest, header.core.manifest), header.core.payload_length
+    )
 
 
 class SealedModel:
@@ -139,7 +146,7 @@ class SealedModel:
             plain.close()
 
 
-def open(  # noqa: A001 - the recipe is modelseal.open, like age's Decrypt or gzip.open
+def open(
     path: str | os.PathLike[str],
     identity: Identities,
     *,
@@ -201,5 +208,11 @@ def verify(
             f.seek(header.header_length)
             cipher = PayloadCipher(unlocked.keys.payload, header.core.chunk_size, header.core.payload_length)
             decrypt_stream(f, cipher, None, progress=progress)
-    return VerifyReport(Path(path), identity is not None, identity is not None, signer is not None, files,
-                        header.core.payload_length)
+    return VerifyReport(
+        Path(path),
+        identity is not None,
+        identity is not None,
+        signer is not None,
+        files,
+        header.core.payload_length,
+    )

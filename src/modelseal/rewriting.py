@@ -19,7 +19,9 @@ from .progress import Progress, no_progress
 _COPY_STEP = 1 << 30
 
 
-def _copy_range(src_fd: int, dst_fd: int, src_offset: int, dst_offset: int, count: int, progress: Progress) -> None:
+def _copy_range(
+    src_fd: int, dst_fd: int, src_offset: int, dst_offset: int, count: int, progress: Progress
+) -> None:
     while count > 0:
         try:
             n = os.copy_file_range(src_fd, dst_fd, min(count, _COPY_STEP), src_offset, dst_offset)

@@ -130,4 +130,6 @@ def seal(
             sealed_length = header_length + core.payload_ciphertext_length
     finally:
         stream.close()
-    return SealResult(Path(dst), len(files), payload_length, sealed_length, core.chunk_count, signer is not None)
+    return SealResult(
+        Path(dst), len(files), payload_length, sealed_length, core.chunk_count, signer is not None
+    )

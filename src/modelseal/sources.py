@@ -6,11 +6,11 @@ kind of entry (socket, device, dangling link) is refused rather than silently sk
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from .errors import FormatError, UsageError
 from .fileio import readinto_full
@@ -65,7 +65,7 @@ class PlainStream:
     def __init__(self, files: list[SourceFile], entries: list[ManifestEntry]) -> None:
         self._pending = list(zip(files, entries, strict=True))
         self._pos = 0
-        self._current: tuple[BinaryIO, ManifestEntry, SourceFile] | None = None
+        self._current: tuple[io.FileIO, ManifestEntry, SourceFile] | None = None
 
     def fill(self, view: memoryview) -> None:
         done = 0

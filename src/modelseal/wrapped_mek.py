@@ -44,8 +44,10 @@ class WrappedMEK:
     stanza: Stanza
 
 
-def wrap_mek(mek: MEK, recipients: Sequence[X25519Recipient], output_dir: str | os.PathLike[str]) -> list[Path]:
-    """Write ``output_dir/deviceN/{MEK.encrypt,MEK.nonce,MEK.pub}`` and ``config.json``; return the folders."""
+def wrap_mek(
+    mek: MEK, recipients: Sequence[X25519Recipient], output_dir: str | os.PathLike[str]
+) -> list[Path]:
+    """Write ``deviceN/{MEK.encrypt,MEK.nonce,MEK.pub}`` and ``config.json`` under ``output_dir``."""
     if not recipients:
         raise UsageError("wrap-mek needs at least one device public key")
     root = Path(output_dir)
@@ -62,8 +64,12 @@ def wrap_mek(mek: MEK, recipients: Sequence[X25519Recipient], output_dir: str | 
         atomic_write_bytes(folder / "MEK.pub", public_bytes(recipient.public_key))
         folders.append(folder)
         devices.append(
-            {"device": number, "folder": folder.name, "recipient": x25519_recipient_string(recipient),
-             "mek_id": mek.key_id.hex()}
+            {
+                "device": number,
+                "folder": folder.name,
+                "recipient": x25519_recipient_string(recipient),
+                "mek_id": mek.key_id.hex(),
+            }
         )
     config = {"format": CONFIG_FORMAT, "version": VERSION, "devices": devices}
     atomic_write_bytes(root / "config.json", json.dumps(config, indent=2).encode() + b"\n")
@@ -129,8 +135,15 @@ def replace_mek(
     with open_sealed_file(encrypted) as f:
         old = read_header(f)
     kept = [s for s in old.stanzas if s.type != X25519_TYPE]
-    new = Header(old.version, old.header_length, old.core, old.core_bytes, old.mac, old.signature,
-                 kept + [w.stanza for w in wrapped])
+    new = Header(
+        old.version,
+        old.header_length,
+        old.core,
+        old.core_bytes,
+        old.mac,
+        old.signature,
+        kept + [w.stanza for w in wrapped],
+    )
     if new.used_length > new.header_length:
         raise HeaderRoomError(
             f"{len(wrapped)} wrapped MEKs need {new.used_length} header bytes but the model reserved "

@@ -43,7 +43,8 @@ def test_many_recipients_each_opens(tmp_path: Path, model_file: tuple[Path, byte
     idents = [modelseal.generate_identity() for _ in range(5)]
     pw = modelseal.Passphrase(b"pw", log_n=10)
     modelseal.seal(src, tmp_path / "m.mseal", [i.recipient for i in idents] + [pw], mek=mek)
-    for identity in [*idents, pw, modelseal.MEK(mek)]:
+    everyone: list[modelseal.Identity] = [*idents, pw, modelseal.MEK(mek)]
+    for identity in everyone:
         assert _open_all(tmp_path / "m.mseal", identity) == {"model.bin": data}
     # A list of identities: the non-matching ones are skipped.
     stranger = modelseal.generate_identity()
@@ -61,8 +62,9 @@ def test_sizes_around_chunk_boundaries(tmp_path: Path, size: int, mek: bytes) ->
     assert _open_all(tmp_path / "m.mseal", modelseal.MEK(mek)) == {"m.bin": data}
 
 
-def test_read_returns_read_only_views_and_close_zeroizes(tmp_path: Path, model_file: tuple[Path, bytes],
-                                                          mek: bytes) -> None:
+def test_read_returns_read_only_views_and_close_zeroizes(
+    tmp_path: Path, model_file: tuple[Path, bytes], mek: bytes
+) -> None:
     src, data = model_file
     modelseal.seal(src, tmp_path / "m.mseal", mek=mek)
     model = modelseal.open(tmp_path / "m.mseal", modelseal.MEK(mek))
@@ -76,8 +78,9 @@ def test_read_returns_read_only_views_and_close_zeroizes(tmp_path: Path, model_f
         model.read()
 
 
-def test_multi_file_read_needs_a_name(tmp_path: Path, model_folder: tuple[Path, dict[str, bytes]],
-                                      mek: bytes) -> None:
+def test_multi_file_read_needs_a_name(
+    tmp_path: Path, model_folder: tuple[Path, dict[str, bytes]], mek: bytes
+) -> None:
     src, contents = model_folder
     modelseal.seal(src, tmp_path / "f.mseal", mek=mek)
     with modelseal.open(tmp_path / "f.mseal", modelseal.MEK(mek)) as m:
@@ -90,7 +93,9 @@ def test_multi_file_read_needs_a_name(tmp_path: Path, model_folder: tuple[Path, 
         assert all(e.offset % 4096 == 0 for e in m.entries())
 
 
-def test_metadata_is_public_and_authenticated(tmp_path: Path, model_file: tuple[Path, bytes], mek: bytes) -> None:
+def test_metadata_is_public_and_authenticated(
+    tmp_path: Path, model_file: tuple[Path, bytes], mek: bytes
+) -> None:
     src, _ = model_file
     modelseal.seal(src, tmp_path / "m.mseal", mek=mek, metadata={"name": "resnet", "version": 3})
     assert modelseal.inspect(tmp_path / "m.mseal").metadata == {"name": "resnet", "version": 3}
@@ -98,8 +103,9 @@ def test_metadata_is_public_and_authenticated(tmp_path: Path, model_file: tuple[
         assert m.metadata == {"name": "resnet", "version": 3}
 
 
-def test_seal_refuses_unopenable_and_existing_outputs(tmp_path: Path, model_file: tuple[Path, bytes],
-                                                      mek: bytes) -> None:
+def test_seal_refuses_unopenable_and_existing_outputs(
+    tmp_path: Path, model_file: tuple[Path, bytes], mek: bytes
+) -> None:
     src, _ = model_file
     with pytest.raises(modelseal.UsageError):
         modelseal.seal(src, tmp_path / "m.mseal")
@@ -129,7 +135,7 @@ def test_each_seal_uses_a_fresh_salt(tmp_path: Path, model_file: tuple[Path, byt
     modelseal.seal(src, tmp_path / "b.mseal", mek=mek)
     a, b = (tmp_path / "a.mseal").read_bytes(), (tmp_path / "b.mseal").read_bytes()
     header = modelseal.inspect(tmp_path / "a.mseal").header_length
-    assert a[header:header + 64] != b[header:header + 64]
+    assert a[header : header + 64] != b[header : header + 64]
 
 
 def test_unseal_writes_file_and_folder_and_never_overwrites(
@@ -148,7 +154,9 @@ def test_unseal_writes_file_and_folder_and_never_overwrites(
     assert (tmp_path / "m.out").read_bytes() == data
 
 
-def test_signed_model_verifies_without_a_key(tmp_path: Path, model_file: tuple[Path, bytes], mek: bytes) -> None:
+def test_signed_model_verifies_without_a_key(
+    tmp_path: Path, model_file: tuple[Path, bytes], mek: bytes
+) -> None:
     src, _ = model_file
     owner = modelseal.generate_signer()
     modelseal.seal(src, tmp_path / "m.mseal", mek=mek, signer=owner)

@@ -36,7 +36,9 @@ def sealed(tmp_path: Path, mek: bytes) -> tuple[bytes, bytes, int]:
     src = tmp_path / "m.bin"
     src.write_bytes(random.Random(1).randbytes(4 * CHUNK + 100))
     out = tmp_path / "m.mseal"
-    modelseal.seal(src, out, [modelseal.generate_identity().recipient], mek=mek, chunk_size=CHUNK, header_room=0)
+    modelseal.seal(
+        src, out, [modelseal.generate_identity().recipient], mek=mek, chunk_size=CHUNK, header_room=0
+    )
     return out.read_bytes(), mek, modelseal.inspect(out).header_length
 
 
@@ -50,7 +52,10 @@ def _try_open(path: Path, data: bytes, mek: bytes) -> BaseException | None:
 
 
 def test_every_header_bit_flip_is_rejected_before_any_chunk(
-    tmp_path: Path, sealed: tuple[bytes, bytes, int], decrypt_calls: list[int], buffers: list[memory.PlainBuffer]
+    tmp_path: Path,
+    sealed: tuple[bytes, bytes, int],
+    decrypt_calls: list[int],
+    buffers: list[memory.PlainBuffer],
 ) -> None:
     data, mek, header_length = sealed
     path = tmp_path / "t.mseal"
@@ -63,7 +68,9 @@ def test_every_header_bit_flip_is_rejected_before_any_chunk(
     assert buffers == [], "a plaintext buffer was allocated despite a bad header"
 
 
-def test_header_flips_with_the_right_key_are_integrity_errors(tmp_path: Path, sealed: tuple[bytes, bytes, int]) -> None:
+def test_header_flips_with_the_right_key_are_integrity_errors(
+    tmp_path: Path, sealed: tuple[bytes, bytes, int]
+) -> None:
     data, mek, _ = sealed
     path = tmp_path / "t.mseal"
     core_length = struct.unpack_from(">I", data, 16)[0]
@@ -75,7 +82,9 @@ def test_header_flips_with_the_right_key_are_integrity_errors(tmp_path: Path, se
         assert isinstance(err, modelseal.IntegrityError | modelseal.FormatError), offset
 
 
-def test_changed_version_chunk_size_and_length_fields(tmp_path: Path, sealed: tuple[bytes, bytes, int]) -> None:
+def test_changed_version_chunk_size_and_length_fields(
+    tmp_path: Path, sealed: tuple[bytes, bytes, int]
+) -> None:
     data, mek, _ = sealed
     path = tmp_path / "t.mseal"
     version = bytearray(data)
@@ -84,15 +93,22 @@ def test_changed_version_chunk_size_and_length_fields(tmp_path: Path, sealed: tu
     core = PREAMBLE_SIZE
     chunk_size_at = core + 32 + 1
     length_at = chunk_size_at + 4
-    for at, fmt, value in [(chunk_size_at, ">I", 2 * CHUNK), (length_at, ">Q", 4 * CHUNK),
-                           (length_at, ">Q", 4 * CHUNK + 101), (12, ">I", 8192)]:
+    for at, fmt, value in [
+        (chunk_size_at, ">I", 2 * CHUNK),
+        (length_at, ">Q", 4 * CHUNK),
+        (length_at, ">Q", 4 * CHUNK + 101),
+        (12, ">I", 8192),
+    ]:
         changed = bytearray(data)
         struct.pack_into(fmt, changed, at, value)
-        assert isinstance(_try_open(path, bytes(changed), mek), modelseal.IntegrityError | modelseal.FormatError)
+        assert isinstance(
+            _try_open(path, bytes(changed), mek), modelseal.IntegrityError | modelseal.FormatError
+        )
 
 
-def test_random_payload_bit_flips(tmp_path: Path, sealed: tuple[bytes, bytes, int],
-                                  buffers: list[memory.PlainBuffer]) -> None:
+def test_random_payload_bit_flips(
+    tmp_path: Path, sealed: tuple[bytes, bytes, int], buffers: list[memory.PlainBuffer]
+) -> None:
     data, mek, header_length = sealed
     path = tmp_path / "t.mseal"
     rng = random.Random(7)
@@ -117,7 +133,7 @@ def test_truncation_extension_and_chunk_surgery(tmp_path: Path, sealed: tuple[by
     head = data[:hl]
     boundaries = [hl + i * (CHUNK + TAG_SIZE) for i in range(len(chunks) + 1)]
     variants: dict[str, bytes] = {}
-    for b in boundaries[:-1] + [len(data)]:
+    for b in [*boundaries[:-1], len(data)]:
         for delta in (-1, 0, 1):
             if 0 < b + delta < len(data):
                 variants[f"truncated at {b + delta}"] = data[: b + delta]
@@ -126,14 +142,16 @@ def test_truncation_extension_and_chunk_surgery(tmp_path: Path, sealed: tuple[by
     variants["chunk deleted"] = head + b"".join(chunks[:1] + chunks[2:])
     variants["chunks swapped"] = head + b"".join([chunks[1], chunks[0], *chunks[2:]])
     variants["chunk duplicated"] = head + b"".join([chunks[0], chunks[0], *chunks[2:]])
-    variants["last chunk replaced by a full one"] = head + b"".join(chunks[:-1] + [chunks[0]])
+    variants["last chunk replaced by a full one"] = head + b"".join([*chunks[:-1], chunks[0]])
     for name, candidate in variants.items():
         # Cutting into the header itself is a malformed header; anything after it fails authentication.
         expected = modelseal.FormatError if len(candidate) < hl else modelseal.IntegrityError
         assert isinstance(_try_open(path, candidate, mek), expected), name
 
 
-def test_chunk_spliced_from_another_file_with_the_same_mek(tmp_path: Path, sealed: tuple[bytes, bytes, int]) -> None:
+def test_chunk_spliced_from_another_file_with_the_same_mek(
+    tmp_path: Path, sealed: tuple[bytes, bytes, int]
+) -> None:
     data, mek, hl = sealed
     src = tmp_path / "m.bin"  # same plaintext, same MEK, fresh salt
     other = tmp_path / "other.mseal"
@@ -145,12 +163,20 @@ def test_chunk_spliced_from_another_file_with_the_same_mek(tmp_path: Path, seale
     assert isinstance(_try_open(tmp_path / "t.mseal", spliced, mek), modelseal.IntegrityError)
 
 
-def test_wrong_key_fails_at_the_header(tmp_path: Path, sealed: tuple[bytes, bytes, int],
-                                       decrypt_calls: list[int], buffers: list[memory.PlainBuffer]) -> None:
+def test_wrong_key_fails_at_the_header(
+    tmp_path: Path,
+    sealed: tuple[bytes, bytes, int],
+    decrypt_calls: list[int],
+    buffers: list[memory.PlainBuffer],
+) -> None:
     data, _, _ = sealed
     path = tmp_path / "t.mseal"
     path.write_bytes(data)
-    for wrong in (modelseal.MEK(modelseal.keygen()), modelseal.generate_identity(), modelseal.Passphrase(b"x")):
+    for wrong in (
+        modelseal.MEK(modelseal.keygen()),
+        modelseal.generate_identity(),
+        modelseal.Passphrase(b"x"),
+    ):
         with pytest.raises(modelseal.NoMatchingIdentityError):
             modelseal.open(path, wrong)
     with pytest.raises(modelseal.NoMatchingIdentityError):

@@ -154,14 +154,25 @@ def cmd_seal(args: argparse.Namespace) -> None:
     src = Path(args.input)
     with bar("sealing", _source_size(src) if src.exists() else 0, not args.quiet) as progress:
         result = modelseal.seal(
-            src, args.output, recipients, mek=mek, signer=signer, chunk_size=args.chunk_size,
-            metadata=_metadata(args), header_room=args.header_room, overwrite=args.force, progress=progress,
+            src,
+            args.output,
+            recipients,
+            mek=mek,
+            signer=signer,
+            chunk_size=args.chunk_size,
+            metadata=_metadata(args),
+            header_room=args.header_room,
+            overwrite=args.force,
+            progress=progress,
         )
     if args.json:
         _print_json(result.__dict__)
     else:
-        print(f"sealed {result.files} file(s), {result.payload_length} bytes -> {result.path}"
-              f"{' (signed)' if result.signed else ''}", file=sys.stderr)
+        print(
+            f"sealed {result.files} file(s), {result.payload_length} bytes -> {result.path}"
+            f"{' (signed)' if result.signed else ''}",
+            file=sys.stderr,
+        )
 
 
 def cmd_unseal(args: argparse.Namespace) -> None:
@@ -181,7 +192,8 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     print(f"file:            {info.path}")
     print(f"format version:  {info.format_version}")
     print(f"payload:         {info.payload_length} bytes in {info.chunk_count} chunk(s) of {info.chunk_size}")
-    print(f"file size:       {info.file_size} bytes{'' if info.size_consistent else '  (INCONSISTENT: truncated or extended)'}")
+    warning = "" if info.size_consistent else "  (INCONSISTENT: truncated or extended)"
+    print(f"file size:       {info.file_size} bytes{warning}")
     print(f"header:          {info.header_length} bytes, {info.header_room} spare for in-place rewrap")
     print(f"signed by:       {info.signer or 'not signed'}")
     print("recipients:")
@@ -214,19 +226,30 @@ def cmd_rewrap(args: argparse.Namespace) -> None:
     identities = _identities(args)
     add = _recipients(args.recipient)
     if args.add_passphrase_file:
-        add.append(modelseal.Passphrase(_read_passphrase_file(args.add_passphrase_file), log_n=args.scrypt_log_n))
+        add.append(
+            modelseal.Passphrase(_read_passphrase_file(args.add_passphrase_file), log_n=args.scrypt_log_n)
+        )
     if not add and not args.remove_recipient:
         raise CliError("nothing to do: add recipients (-r) and/or remove some (--remove-recipient)")
     size = Path(args.input).stat().st_size if Path(args.input).exists() else 0
     with bar("copying payload", 0 if args.in_place else size, not args.quiet) as progress:
         result = modelseal.rewrap(
-            args.input, identities, add=add, remove=args.remove_recipient or [], out=args.output,
-            in_place=args.in_place, overwrite=args.force, progress=progress,
+            args.input,
+            identities,
+            add=add,
+            remove=args.remove_recipient or [],
+            out=args.output,
+            in_place=args.in_place,
+            overwrite=args.force,
+            progress=progress,
         )
     if args.json:
         _print_json(result.__dict__)
     else:
-        print(f"rewrapped {result.path}{' in place' if result.in_place else ''}; recipients now:", file=sys.stderr)
+        print(
+            f"rewrapped {result.path}{' in place' if result.in_place else ''}; recipients now:",
+            file=sys.stderr,
+        )
         for label in result.recipients:
             print(f"  {label}", file=sys.stderr)
 
@@ -242,8 +265,13 @@ def cmd_encrypt_model(args: argparse.Namespace) -> None:
     dst = out_dir / (src.name + ".mseal")
     with bar("encrypting", _source_size(src) if src.exists() else 0, not args.quiet) as progress:
         result = modelseal.seal(
-            src, dst, _pub_keys(args.pub_keys), mek=modelseal.load_mek(args.mek), chunk_size=args.chunk_size,
-            overwrite=args.force, progress=progress,
+            src,
+            dst,
+            _pub_keys(args.pub_keys),
+            mek=modelseal.load_mek(args.mek),
+            chunk_size=args.chunk_size,
+            overwrite=args.force,
+            progress=progress,
         )
     print(f"encrypted {src} -> {result.path}", file=sys.stderr)
 
@@ -279,8 +307,13 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _identity_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-i", "--identity", action="append", metavar="FILE",
-                   help="MEK file (raw or hex) or X25519 identity file; repeatable")
+    p.add_argument(
+        "-i",
+        "--identity",
+        action="append",
+        metavar="FILE",
+        help="MEK file (raw or hex) or X25519 identity file; repeatable",
+    )
     p.add_argument("--passphrase-file", metavar="F", help="read the passphrase from the first line of F")
     p.add_argument("--passphrase", action="store_true", help="prompt for the passphrase")
 
@@ -296,8 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_text: str, example: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text, epilog=f"example:\n  {example}",
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=f"example:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         _common(p)
         return p
 
@@ -307,42 +345,72 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hex", action="store_true", help="write hex digits instead of raw bytes")
     p.set_defaults(func=cmd_keygen)
 
-    p = add("identity", "create an X25519 identity; prints its public recipient", "modelseal identity -o device.key")
+    p = add(
+        "identity",
+        "create an X25519 identity; prints its public recipient",
+        "modelseal identity -o device.key",
+    )
     p.add_argument("-o", "--output", required=True, help="identity file to write (PEM, mode 0600)")
     p.set_defaults(func=cmd_identity)
 
-    p = add("recipient", "print the public recipient of an identity or public key file",
-            "modelseal recipient device.key")
+    p = add(
+        "recipient",
+        "print the public recipient of an identity or public key file",
+        "modelseal recipient device.key",
+    )
     p.add_argument("file")
     p.set_defaults(func=cmd_recipient)
 
-    p = add("signer", "create an owner Ed25519 signer key (writes KEY and KEY.pub)", "modelseal signer -o owner.key")
+    p = add(
+        "signer",
+        "create an owner Ed25519 signer key (writes KEY and KEY.pub)",
+        "modelseal signer -o owner.key",
+    )
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=cmd_signer)
 
-    p = add("seal", "encrypt and authenticate a model file or folder",
-            "modelseal seal model.onnx -o model.mseal --mek MEK.dat -r ms-x25519:... --sign owner.key")
+    p = add(
+        "seal",
+        "encrypt and authenticate a model file or folder",
+        "modelseal seal model.onnx -o model.mseal --mek MEK.dat -r ms-x25519:... --sign owner.key",
+    )
     p.add_argument("input", help="model file or folder")
     p.add_argument("-o", "--output", required=True, help="sealed file to write")
     p.add_argument("--mek", metavar="MEK.dat", help="use this key file as the file key (else a random one)")
-    p.add_argument("-r", "--recipient", action="append", metavar="R",
-                   help="X25519 recipient (ms-x25519:... or a public key file); repeatable")
-    p.add_argument("--passphrase-file", metavar="F", help="also seal to the passphrase on the first line of F")
+    p.add_argument(
+        "-r",
+        "--recipient",
+        action="append",
+        metavar="R",
+        help="X25519 recipient (ms-x25519:... or a public key file); repeatable",
+    )
+    p.add_argument(
+        "--passphrase-file", metavar="F", help="also seal to the passphrase on the first line of F"
+    )
     p.add_argument("--passphrase", action="store_true", help="also seal to a passphrase typed at a prompt")
     p.add_argument("--scrypt-log-n", type=int, default=18, help="scrypt work factor log2(N) (default 18)")
     p.add_argument("--sign", metavar="KEY", help="sign with this owner signer key")
     p.add_argument("--chunk-size", type=_size, default=modelseal.DEFAULT_CHUNK_SIZE, help="default 4M")
-    p.add_argument("--header-room", type=_size, default=modelseal.DEFAULT_HEADER_ROOM,
-                   help="spare header bytes for later in-place rewraps (default 4K)")
+    p.add_argument(
+        "--header-room",
+        type=_size,
+        default=modelseal.DEFAULT_HEADER_ROOM,
+        help="spare header bytes for later in-place rewraps (default 4K)",
+    )
     p.add_argument("--metadata", action="append", metavar="KEY=VALUE", help="public metadata; repeatable")
     p.add_argument("-f", "--force", action="store_true", help="overwrite the output if it exists")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_seal)
 
-    p = add("unseal", "decrypt a sealed model to disk (explicit: writes plaintext)",
-            "modelseal unseal model.mseal -o model.onnx -i MEK.dat")
+    p = add(
+        "unseal",
+        "decrypt a sealed model to disk (explicit: writes plaintext)",
+        "modelseal unseal model.mseal -o model.onnx -i MEK.dat",
+    )
     p.add_argument("input")
-    p.add_argument("-o", "--output", required=True, help="file (or folder, for a sealed folder); must not exist")
+    p.add_argument(
+        "-o", "--output", required=True, help="file (or folder, for a sealed folder); must not exist"
+    )
     _identity_args(p)
     p.add_argument("--signer", metavar="PUB", help="also require this owner's signature")
     p.set_defaults(func=cmd_unseal)
@@ -352,23 +420,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)
 
-    p = add("verify", "check integrity and/or the owner signature; writes nothing",
-            "modelseal verify model.mseal -i MEK.dat --signer owner.pub")
+    p = add(
+        "verify",
+        "check integrity and/or the owner signature; writes nothing",
+        "modelseal verify model.mseal -i MEK.dat --signer owner.pub",
+    )
     p.add_argument("input")
     _identity_args(p)
     p.add_argument("--signer", metavar="PUB", help="owner public key (ms-ed25519:... or a .pub file)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_verify)
 
-    p = add("rewrap", "add or remove recipients; rewrites the header only",
-            "modelseal rewrap model.mseal -i MEK.dat -r ms-x25519:... --in-place")
+    p = add(
+        "rewrap",
+        "add or remove recipients; rewrites the header only",
+        "modelseal rewrap model.mseal -i MEK.dat -r ms-x25519:... --in-place",
+    )
     p.add_argument("input")
     _identity_args(p)
     p.add_argument("-r", "--recipient", action="append", metavar="R", help="recipient to add; repeatable")
     p.add_argument("--add-passphrase-file", metavar="F", help="add a passphrase recipient")
     p.add_argument("--scrypt-log-n", type=int, default=18)
-    p.add_argument("--remove-recipient", action="append", metavar="ID",
-                   help="recipient to remove: a label from `inspect`, a type, or ms-x25519:...; repeatable")
+    p.add_argument(
+        "--remove-recipient",
+        action="append",
+        metavar="ID",
+        help="recipient to remove: a label from `inspect`, a type, or ms-x25519:...; repeatable",
+    )
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("-o", "--output", help="write a new sealed file (payload copied, not re-encrypted)")
     where.add_argument("--in-place", action="store_true", help="rewrite the header in place")
@@ -376,9 +454,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_rewrap)
 
-    p = add("encrypt-model", "qaic: encrypt a model with a MEK (optionally to session keys)",
-            "modelseal encrypt-model --qpc programqpc.bin --mek MEK.dat --output-dir ./encryptqpc/")
-    p.add_argument("--qpc", "--model", dest="model", required=True, metavar="FILE", help="model file or folder")
+    p = add(
+        "encrypt-model",
+        "qaic: encrypt a model with a MEK (optionally to session keys)",
+        "modelseal encrypt-model --qpc programqpc.bin --mek MEK.dat --output-dir ./encryptqpc/",
+    )
+    p.add_argument(
+        "--qpc", "--model", dest="model", required=True, metavar="FILE", help="model file or folder"
+    )
     p.add_argument("--mek", required=True, metavar="FILE")
     p.add_argument("--output-dir", required=True, metavar="DIR")
     p.add_argument("--pub-keys", nargs="+", metavar="FILE", help="device session public keys")
@@ -386,23 +469,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--force", action="store_true")
     p.set_defaults(func=cmd_encrypt_model)
 
-    p = add("encrypt-with-session-keys", "qaic: wrap the MEK of every model in DIR to session keys (in place)",
-            "modelseal encrypt-with-session-keys --input-dir ./encryptqpc/ --mek MEK.dat --pub-keys pub.dat")
+    p = add(
+        "encrypt-with-session-keys",
+        "qaic: wrap the MEK of every model in DIR to session keys (in place)",
+        "modelseal encrypt-with-session-keys --input-dir ./encryptqpc/ --mek MEK.dat --pub-keys pub.dat",
+    )
     p.add_argument("--input-dir", required=True, metavar="DIR")
     p.add_argument("--mek", required=True, metavar="FILE")
     p.add_argument("--pub-keys", nargs="+", required=True, metavar="FILE")
     p.set_defaults(func=cmd_encrypt_with_session_keys)
 
-    p = add("wrap-mek", "qaic: wrap a MEK to new session keys (MEK.encrypt, MEK.nonce, MEK.pub, config.json)",
-            "modelseal wrap-mek --mek MEK.dat --pub-keys pub0.dat pub1.dat --output-dir ./wrappedMEK/")
+    p = add(
+        "wrap-mek",
+        "qaic: wrap a MEK to new session keys (MEK.encrypt, MEK.nonce, MEK.pub, config.json)",
+        "modelseal wrap-mek --mek MEK.dat --pub-keys pub0.dat pub1.dat --output-dir ./wrappedMEK/",
+    )
     p.add_argument("--mek", required=True, metavar="FILE")
     p.add_argument("--pub-keys", nargs="+", required=True, metavar="FILE")
     p.add_argument("--output-dir", required=True, metavar="DIR")
     p.set_defaults(func=cmd_wrap_mek)
 
-    p = add("replace-mek", "qaic: swap wrapped MEKs into an encrypted model (no MEK needed)",
-            "modelseal replace-mek --encrypted-qpc ./encryptqpc/m.mseal --wrapped-meks ./wrappedMEK/ "
-            "--output-dir ./newEncryptedQPC")
+    p = add(
+        "replace-mek",
+        "qaic: swap wrapped MEKs into an encrypted model (no MEK needed)",
+        "modelseal replace-mek --encrypted-qpc ./encryptqpc/m.mseal --wrapped-meks ./wrappedMEK/ "
+        "--output-dir ./newEncryptedQPC",
+    )
     p.add_argument("--encrypted-qpc", required=True, metavar="FILE")
     p.add_argument("--wrapped-meks", nargs="+", required=True, metavar="DIR")
     p.add_argument("--output-dir", required=True, metavar="DIR")
@@ -427,7 +519,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         if args.verbose:
             raise
-        print(f"modelseal: error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
+        print(
+            f"modelseal: error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr
+        )
         return 1
     return 0
 

@@ -97,7 +97,9 @@ class Core:
 
     def encode(self) -> bytes:
         parts = [
-            _CORE_FIXED.pack(self.salt, self.aead, self.chunk_size, self.payload_length, len(self.signer_key)),
+            _CORE_FIXED.pack(
+                self.salt, self.aead, self.chunk_size, self.payload_length, len(self.signer_key)
+            ),
             self.signer_key,
             self.payload_digest,
             struct.pack(">I", len(self.metadata)),
