@@ -21,7 +21,7 @@ from ..format.keys import FILE_KEY_SIZES
 STANZA_TYPE = "scrypt"
 DEFAULT_LOG_N = 18
 MIN_LOG_N = 10
-MAX_LOG_N = 22
+MAX_LOG_N = 20  # 2**20 * 8 * 128 bytes = 1 GiB of scrypt memory at most
 _SALT_SIZE = 16
 _AAD = b"modelseal/v1 scrypt"
 _NONCE = bytes(12)  # the wrapping key is unique per stanza (fresh salt)
