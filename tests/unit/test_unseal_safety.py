@@ -15,12 +15,12 @@ from modelseal.format.header import parse_header
 from modelseal.format.keys import derive_file_keys
 
 
-def _with_manifest(sealed: Path, mek: bytes, rows: list[list[object]], out: Path, kind: str = "folder") -> None:
+def _with_manifest(sealed: Path, mek: bytes, rows: list[list[object]], out: Path) -> None:
     """Re-author a sealed model's manifest with the file key, as a malicious owner could."""
     data = sealed.read_bytes()
     header = parse_header(data[: modelseal.inspect(sealed).header_length])
     keys = derive_file_keys(mek, header.core.salt)
-    plain = json.dumps({"kind": kind, "files": rows}).encode()
+    plain = json.dumps({"kind": "folder", "files": rows}).encode()
     core = dataclasses.replace(header.core, manifest=manifest.seal(keys.manifest, plain))
     stanzas = [dataclasses.replace(s, mac=b"") for s in header.stanzas]
     new = assemble(mek, core, stanzas, header.header_length, header.signature)
