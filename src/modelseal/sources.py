@@ -44,6 +44,8 @@ def collect(src: str | os.PathLike[str]) -> list[SourceFile]:
                 fst = path.stat()
             except OSError:
                 raise UsageError(f"cannot read {path} (dangling link?)") from None
+            if stat.S_ISDIR(fst.st_mode):
+                raise UsageError(f"{path} links to a folder; links are followed only to files (loops)")
             if not stat.S_ISREG(fst.st_mode):
                 raise UsageError(f"{path} is not a regular file; only files can be sealed")
             rel = path.relative_to(root).as_posix()

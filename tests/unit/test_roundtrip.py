@@ -186,3 +186,17 @@ def test_foreign_and_empty_files_are_format_errors(tmp_path: Path) -> None:
             modelseal.inspect(tmp_path / name)
         with pytest.raises(modelseal.FormatError):
             modelseal.open(tmp_path / name, modelseal.MEK(bytes(32)))
+
+
+def test_folder_links_to_files_are_followed_links_to_folders_refused(tmp_path: Path, mek: bytes) -> None:
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    (blobs / "abc123").write_bytes(b"weights")
+    snap = tmp_path / "snapshot"
+    snap.mkdir()
+    (snap / "model.safetensors").symlink_to(blobs / "abc123")  # Hugging Face cache layout
+    modelseal.seal(snap, tmp_path / "s.mseal", mek=mek)
+    assert _open_all(tmp_path / "s.mseal", modelseal.MEK(mek)) == {"model.safetensors": b"weights"}
+    (snap / "loop").symlink_to(snap)
+    with pytest.raises(modelseal.UsageError, match="links to a folder"):
+        modelseal.seal(snap, tmp_path / "t.mseal", mek=mek)
