@@ -47,7 +47,7 @@ from .rewrapping import RewrapResult, rewrap
 from .sealing import SealResult, keygen, seal
 from .signing import generate_signer
 from .unsealing import unseal
-from .wrapped_mek import WrappedMEK, load_wrapped_meks, replace_mek, wrap_mek
+from .wrapped_mek import WrappedMEK, device_slots, load_wrapped_meks, replace_mek, wrap_mek
 
 try:
     __version__ = version("modelseal")
@@ -86,6 +86,7 @@ __all__ = [
     "X25519Identity",
     "X25519Recipient",
     "__version__",
+    "device_slots",
     "ed25519_public_string",
     "generate_identity",
     "generate_signer",

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from .format.header import Stanza
 from .keyfiles import ed25519_public_string
 from .opening import open_sealed_file, read_header
+from .recipients.x25519 import slot_of
 
 
 def stanza_label(stanza: Stanza) -> str:
@@ -37,6 +38,7 @@ class Inspection:
     payload_length: int
     size_consistent: bool
     recipients: list[str]
+    devices: dict[str, str]  # recipient label -> device slot, for session keys that name one
     signer: str | None
     metadata: dict[str, Any]
 
@@ -70,6 +72,7 @@ def inspect(path: str | os.PathLike[str]) -> Inspection:
         payload_length=core.payload_length,
         size_consistent=size == header.header_length + core.payload_ciphertext_length,
         recipients=[stanza_label(s) for s in header.stanzas],
+        devices={stanza_label(s): slot for s in header.stanzas if (slot := slot_of(s)) is not None},
         signer=signer,
         metadata=metadata,
     )

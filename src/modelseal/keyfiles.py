@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hmac
 import os
 import re
@@ -33,6 +34,7 @@ from .recipients import MEK, X25519Identity, X25519Recipient
 from .recipients.x25519 import public_bytes
 
 X25519_PREFIX = "ms-x25519:"
+_DEVICE_COMMENT = "# device:"  # in a session public key file: the qaic device number it belongs to
 ED25519_PREFIX = "ms-ed25519:"
 MAX_KEY_FILE = 64 << 10
 _PEM_PRIVATE = re.compile(rb"-----BEGIN PRIVATE KEY-----.+?-----END PRIVATE KEY-----", re.S)
@@ -121,7 +123,10 @@ def load_identity(path: str | os.PathLike[str]) -> MEK | X25519Identity:
 
 
 def parse_recipient(value: str) -> X25519Recipient:
-    """A recipient given as its text form, or as a file holding the text form, PEM or 32 raw bytes."""
+    """A recipient given as its text form, or as a file holding the text form, PEM or 32 raw bytes.
+
+    A text file may name the device the key belongs to with a ``# device: N`` line (the slot).
+    """
     if value.startswith(X25519_PREFIX):
         return X25519Recipient(X25519PublicKey.from_public_bytes(_decode_text(X25519_PREFIX, value)))
     if not Path(value).exists():
@@ -134,10 +139,13 @@ def parse_recipient(value: str) -> X25519Recipient:
             raise KeyFileError(f"{value}: not an X25519 public key")
         return X25519Recipient(pub)
     text = data.decode("ascii", "replace")
+    slot = None
     for line in text.splitlines():
         line = line.strip()
-        if line.startswith(X25519_PREFIX):
-            return parse_recipient(line)
+        if line.startswith(_DEVICE_COMMENT):
+            slot = line[len(_DEVICE_COMMENT) :].strip() or None
+        elif line.startswith(X25519_PREFIX):
+            return dataclasses.replace(parse_recipient(line), slot=slot)
     if len(data) == 32:
         return X25519Recipient(X25519PublicKey.from_public_bytes(data))
     private = _private_key(data, value)

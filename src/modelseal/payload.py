@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from .errors import FormatError, IntegrityError
-from .fileio import readinto_full
+from .fileio import Readable, readinto_full
 from .format.header import TAG_SIZE
 from .format.stream import PayloadCipher
 from .progress import Progress, no_progress
@@ -78,7 +78,9 @@ class _ReadAhead:
     It only ever holds ciphertext. ``close()`` stops and joins it; it must be called on every path.
     """
 
-    def __init__(self, f: BinaryIO, groups: list[_Group], slot_size: int, hasher: hashlib._Hash | None) -> None:
+    def __init__(
+        self, f: Readable, groups: list[_Group], slot_size: int, hasher: hashlib._Hash | None
+    ) -> None:
         self._f = f
         self._groups = groups
         self._hasher = hasher
@@ -102,7 +104,7 @@ class _ReadAhead:
                 if self._hasher is not None:
                     self._hasher.update(view)
                 self._full.put(slot)
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
+        except BaseException as e:  # handed to the consumer, which re-raises it
             self._full.put(e)
 
     def next(self) -> int:
@@ -122,7 +124,7 @@ class _ReadAhead:
 
 
 def decrypt_stream(
-    f: BinaryIO,
+    f: Readable,
     cipher: PayloadCipher,
     sink: memoryview | None,
     hasher: hashlib._Hash | None = None,
@@ -180,7 +182,7 @@ def decrypt_stream(
             scratch[:] = bytes(len(scratch))
 
 
-def hash_stream(f: BinaryIO, hasher: hashlib._Hash, progress: Progress = no_progress) -> None:
+def hash_stream(f: Readable, hasher: hashlib._Hash, progress: Progress = no_progress) -> None:
     buf = memoryview(bytearray(4 << 20))
     while n := f.readinto(buf):
         hasher.update(buf[:n])

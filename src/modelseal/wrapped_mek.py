@@ -10,10 +10,12 @@ Per device folder (see docs/SPEC.md §6):
   MEK.pub      the device session public key it is wrapped to (32 raw bytes)
   MEK.nonce    the 32-byte stanza MAC made with the MEK (modelseal's wrap needs no separate nonce;
                the file keeps qaic's name so scripts that move the three files keep working)
+  MEK.device   the device number (slot) the wrap is for, also in config.json
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -31,8 +33,8 @@ from .keyfiles import x25519_recipient_string
 from .opening import open_sealed_file, read_header
 from .progress import Progress, no_progress
 from .recipients import MEK, X25519Recipient
+from .recipients.x25519 import MAX_SLOT, fingerprint, public_bytes, slot_of
 from .recipients.x25519 import STANZA_TYPE as X25519_TYPE
-from .recipients.x25519 import fingerprint, public_bytes
 from .rewriting import write_new_file
 
 CONFIG_FORMAT = "modelseal-wrapped-mek/1"
@@ -40,32 +42,50 @@ CONFIG_FORMAT = "modelseal-wrapped-mek/1"
 
 @dataclass(frozen=True)
 class WrappedMEK:
-    device: int
+    device: str | None
     stanza: Stanza
+
+
+def device_slots(recipients: Sequence[X25519Recipient]) -> list[X25519Recipient]:
+    """Give every session key a device slot: the one its file names, else its position."""
+    slotted = [
+        r if r.slot is not None else dataclasses.replace(r, slot=str(i)) for i, r in enumerate(recipients)
+    ]
+    slots = [r.slot for r in slotted]
+    if len(set(slots)) != len(slots):
+        raise UsageError(f"two session keys claim the same device: {slots}")
+    return slotted
 
 
 def wrap_mek(
     mek: MEK, recipients: Sequence[X25519Recipient], output_dir: str | os.PathLike[str]
 ) -> list[Path]:
-    """Write ``deviceN/{MEK.encrypt,MEK.nonce,MEK.pub}`` and ``config.json`` under ``output_dir``."""
+    """Write ``deviceN/{MEK.encrypt,MEK.nonce,MEK.pub,MEK.device}`` and ``config.json`` under ``output_dir``.
+
+    N is the device number the session key file names (``# device: N``), else its position.
+    """
     if not recipients:
         raise UsageError("wrap-mek needs at least one device public key")
     root = Path(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     folders = []
     devices = []
-    for number, recipient in enumerate(recipients):
+    for recipient in device_slots(recipients):
+        assert recipient.slot is not None
         (stanza,) = recipient.wrap(mek.key)
         stanza = authenticate_stanza(mek.key, stanza)
-        folder = root / f"device{number}"
+        folder = root / f"device{recipient.slot}"
+        if folder.resolve().parent != root.resolve():
+            raise UsageError(f"device label {recipient.slot!r} is not a plain name")
         folder.mkdir(exist_ok=True)
         atomic_write_bytes(folder / "MEK.encrypt", stanza.body)
         atomic_write_bytes(folder / "MEK.nonce", stanza.mac)
         atomic_write_bytes(folder / "MEK.pub", public_bytes(recipient.public_key))
+        atomic_write_bytes(folder / "MEK.device", recipient.slot.encode() + b"\n")
         folders.append(folder)
         devices.append(
             {
-                "device": number,
+                "device": recipient.slot,
                 "folder": folder.name,
                 "recipient": x25519_recipient_string(recipient),
                 "mek_id": mek.key_id.hex(),
@@ -87,14 +107,17 @@ def _read_small(path: Path, limit: int) -> bytes:
     return data
 
 
-def _load_one(folder: Path, device: int) -> WrappedMEK:
+def _load_one(folder: Path, device: str | None) -> WrappedMEK:
     pub = _read_small(folder / "MEK.pub", 32)
     body = _read_small(folder / "MEK.encrypt", MAX_STANZA_BODY)
     mac = _read_small(folder / "MEK.nonce", MAC_SIZE)
     if len(pub) != 32 or len(mac) != MAC_SIZE:
         raise KeyFileError(f"{folder}: MEK.pub must hold 32 bytes and MEK.nonce {MAC_SIZE}")
+    if (folder / "MEK.device").exists():
+        device = _read_small(folder / "MEK.device", MAX_SLOT).decode("utf-8", "replace").strip() or None
     X25519PublicKey.from_public_bytes(pub)
-    return WrappedMEK(device, Stanza(X25519_TYPE, (fingerprint(pub),), body, mac))
+    slot = (device.encode(),) if device is not None else ()
+    return WrappedMEK(device, Stanza(X25519_TYPE, (fingerprint(pub), *slot), body, mac))
 
 
 def load_wrapped_meks(folders: Sequence[str | os.PathLike[str]]) -> list[WrappedMEK]:
@@ -104,11 +127,11 @@ def load_wrapped_meks(folders: Sequence[str | os.PathLike[str]]) -> list[Wrapped
         folder = Path(item)
         config = folder / "config.json"
         if (folder / "MEK.encrypt").exists():
-            found.append(_load_one(folder, len(found)))
+            found.append(_load_one(folder, None))
         elif config.exists():
             try:
                 doc = json.loads(_read_small(config, 1 << 20))
-                rows = [(int(d["device"]), str(d["folder"])) for d in doc["devices"]]
+                rows = [(str(d["device"]), str(d["folder"])) for d in doc["devices"]]
             except (ValueError, KeyError, TypeError):
                 raise KeyFileError(f"{config} is not a wrap-mek config") from None
             for device, name in rows:
@@ -131,10 +154,22 @@ def replace_mek(
     overwrite: bool = False,
     progress: Progress = no_progress,
 ) -> Path:
-    """Swap the model's X25519 stanzas for ``wrapped`` into ``output_dir`` (no MEK, no re-encryption)."""
+    """Swap wrapped MEKs into a model, into ``output_dir`` (no MEK needed, no re-encryption).
+
+    Wraps that name their device replace only that device's old wrap (a reset card); the other
+    devices keep theirs. If any wrap names no device, every X25519 wrap is replaced.
+    """
     with open_sealed_file(encrypted) as f:
         old = read_header(f)
-    kept = [s for s in old.stanzas if s.type != X25519_TYPE]
+    slots = {w.device for w in wrapped}
+    fingerprints = {w.stanza.args[0] for w in wrapped}
+
+    def replaced(s: Stanza) -> bool:
+        if s.type != X25519_TYPE:
+            return False
+        return None in slots or slot_of(s) in slots or (bool(s.args) and s.args[0] in fingerprints)
+
+    kept = [s for s in old.stanzas if not replaced(s)]
     new = Header(
         old.version,
         old.header_length,

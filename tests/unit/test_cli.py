@@ -144,7 +144,7 @@ def test_qaic_seed_workflow(
         == 0
     )
     config = json.loads((tmp_path / "wrappedMEK" / "config.json").read_text())
-    assert [d["device"] for d in config["devices"]] == [0, 1]
+    assert [d["device"] for d in config["devices"]] == ["0", "1"]
     assert (
         run(
             "replace-mek",

@@ -30,6 +30,7 @@ EXPECTED = {
     "X25519Identity",
     "X25519Recipient",
     "__version__",
+    "device_slots",
     "ed25519_public_string",
     "generate_identity",
     "generate_signer",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -101,32 +103,65 @@ def test_wrap_mek_then_replace_mek_without_the_mek(
     tmp_path: Path, model_file: tuple[Path, bytes], mek: bytes
 ) -> None:
     src, data = model_file
-    old_session = modelseal.generate_identity()
+    cards = [modelseal.generate_identity() for _ in range(3)]
     encrypted = tmp_path / "enc" / "m.mseal"
     encrypted.parent.mkdir()
-    modelseal.seal(src, encrypted, [old_session.recipient], mek=mek)
-    # Card reset: two new session keys; the owner wraps the MEK for them on a trusted machine.
-    new_sessions = [modelseal.generate_identity(), modelseal.generate_identity()]
-    folders = modelseal.wrap_mek(
-        modelseal.MEK(mek), [s.recipient for s in new_sessions], tmp_path / "wrapped"
-    )
-    assert [sorted(p.name for p in f.iterdir()) for f in folders] == [
-        ["MEK.encrypt", "MEK.nonce", "MEK.pub"]
-    ] * 2
-    assert (tmp_path / "wrapped" / "config.json").exists()
+    sessions = [dataclasses.replace(c.recipient, slot=str(n)) for n, c in enumerate(cards)]
+    modelseal.seal(src, encrypted, sessions, mek=mek)
+    assert modelseal.inspect(encrypted).devices == {
+        f"x25519:{s.fingerprint.hex()}": str(n) for n, s in enumerate(sessions)
+    }
+    # Cards 0 and 1 reset: new session keys; the owner wraps the MEK for them on a trusted machine.
+    new_cards = [modelseal.generate_identity(), modelseal.generate_identity()]
+    new_sessions = [dataclasses.replace(c.recipient, slot=str(n)) for n, c in enumerate(new_cards)]
+    folders = modelseal.wrap_mek(modelseal.MEK(mek), new_sessions, tmp_path / "wrapped")
+    assert [f.name for f in folders] == ["device0", "device1"]
+    assert sorted(p.name for p in folders[0].iterdir()) == [
+        "MEK.device",
+        "MEK.encrypt",
+        "MEK.nonce",
+        "MEK.pub",
+    ]
+    config = json.loads((tmp_path / "wrapped" / "config.json").read_text())
+    assert [d["device"] for d in config["devices"]] == ["0", "1"]
     # The untrusted host swaps them in with no MEK at all.
     wrapped = modelseal.load_wrapped_meks([tmp_path / "wrapped"])
     out = modelseal.replace_mek(encrypted, wrapped, tmp_path / "new")
     assert _payload(out) == _payload(encrypted)
-    for session in new_sessions:
-        with modelseal.open(out, session) as m:
+    for card in [*new_cards, cards[2]]:  # card 2 was not reset: it keeps its wrap
+        with modelseal.open(out, card) as m:
             assert bytes(m.read()) == data
-    with pytest.raises(modelseal.NoMatchingIdentityError):
-        modelseal.open(out, old_session)
-    # Device folders can also be given one by one.
+    for card in cards[:2]:
+        with pytest.raises(modelseal.NoMatchingIdentityError):
+            modelseal.open(out, card)
+    # Device folders can also be given one by one (MEK.device names the slot).
     one = modelseal.replace_mek(encrypted, modelseal.load_wrapped_meks([folders[1]]), tmp_path / "one")
-    with modelseal.open(one, new_sessions[1]) as m:
+    with modelseal.open(one, new_cards[1]) as m:
         assert bytes(m.read()) == data
+    with pytest.raises(modelseal.NoMatchingIdentityError):
+        modelseal.open(one, cards[1])
+    with modelseal.open(one, cards[0]) as m:
+        assert bytes(m.read()) == data
+
+
+def test_wraps_without_a_device_replace_every_session_wrap(
+    tmp_path: Path, model_file: tuple[Path, bytes], mek: bytes
+) -> None:
+    src, data = model_file
+    old, new = modelseal.generate_identity(), modelseal.generate_identity()
+    modelseal.seal(src, tmp_path / "m.mseal", [old.recipient], mek=mek)
+    folder = modelseal.wrap_mek(modelseal.MEK(mek), [new.recipient], tmp_path / "w")[0]
+    assert (folder / "MEK.device").read_text() == "0\n"
+    out = modelseal.replace_mek(tmp_path / "m.mseal", modelseal.load_wrapped_meks([folder]), tmp_path / "o")
+    with modelseal.open(out, new) as m:
+        assert bytes(m.read()) == data
+    # The old wrap had no slot, so a slotted wrap leaves it; a slot-less wrap set replaces it.
+    with modelseal.open(out, old) as m:
+        assert bytes(m.read()) == data
+    (folder / "MEK.device").unlink()
+    with pytest.raises(modelseal.IntegrityError):
+        # Without its slot the stanza no longer matches the MAC the owner made: fail closed.
+        modelseal.open(modelseal.replace_mek(out, modelseal.load_wrapped_meks([folder]), tmp_path / "p"), new)
 
 
 def test_replace_mek_with_forged_or_foreign_wraps_fails_closed(

@@ -255,7 +255,8 @@ def cmd_rewrap(args: argparse.Namespace) -> None:
 
 
 def _pub_keys(values: Sequence[str] | None) -> list[modelseal.X25519Recipient]:
-    return [modelseal.load_recipient(v) for v in values or []]
+    """Session keys as device slots: the device a key file names (# device: N), else its position."""
+    return modelseal.device_slots([modelseal.load_recipient(v) for v in values or []])
 
 
 def cmd_encrypt_model(args: argparse.Namespace) -> None:

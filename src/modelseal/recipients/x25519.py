@@ -2,7 +2,8 @@
 
 Suite: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM. The stanza names the recipient by an
 8-byte fingerprint of its public key so an identity tries only its own stanzas and `rewrap` can
-remove a recipient; the price is that files addressed to the same key are linkable.
+remove a recipient; the price is that files addressed to the same key are linkable. An optional
+second argument names the device slot (the qaic device number) the key belongs to.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from ..errors import FormatError
+from ..errors import FormatError, UsageError
 from ..format.header import Stanza
 from ..format.keys import FILE_KEY_SIZES
 
 STANZA_TYPE = "x25519"
 ENC_SIZE = 32
+MAX_SLOT = 64
 _INFO = b"modelseal/v1 x25519"
 _SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 
@@ -30,13 +32,30 @@ def public_bytes(key: X25519PublicKey) -> bytes:
     return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
+def slot_of(stanza: Stanza) -> str | None:
+    """The device slot label of an x25519 stanza, if it has one."""
+    if stanza.type != STANZA_TYPE or len(stanza.args) < 2:
+        return None
+    return stanza.args[1].decode("utf-8", "replace")
+
+
 def fingerprint(public_key: bytes) -> bytes:
     return sha256(b"modelseal/v1 x25519 fingerprint" + public_key).digest()[:8]
 
 
 @dataclass(frozen=True)
 class X25519Recipient:
+    """An X25519 public key; ``slot`` optionally names the device it belongs to (qaic device number).
+
+    The slot lets `replace-mek` swap the wrap of one reset device and keep the others'.
+    """
+
     public_key: X25519PublicKey
+    slot: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.slot is not None and not 0 < len(self.slot.encode()) <= MAX_SLOT:
+            raise UsageError(f"a device slot label has 1 to {MAX_SLOT} bytes")
 
     @property
     def fingerprint(self) -> bytes:
@@ -44,10 +63,11 @@ class X25519Recipient:
 
     def wrap(self, file_key: bytes) -> list[Stanza]:
         body = _SUITE.encrypt(file_key, self.public_key, info=_INFO)
-        return [Stanza(STANZA_TYPE, (self.fingerprint,), body)]
+        slot = (self.slot.encode(),) if self.slot is not None else ()
+        return [Stanza(STANZA_TYPE, (self.fingerprint, *slot), body)]
 
     def matches(self, stanza: Stanza) -> bool:
-        return stanza.type == STANZA_TYPE and stanza.args == (self.fingerprint,)
+        return stanza.type == STANZA_TYPE and stanza.args[:1] == (self.fingerprint,)
 
 
 @dataclass(frozen=True)
@@ -65,7 +85,7 @@ class X25519Identity:
     def unwrap(self, stanzas: Sequence[Stanza]) -> Iterator[bytes]:
         own = self.recipient.fingerprint
         for stanza in stanzas:
-            if stanza.type != STANZA_TYPE or stanza.args != (own,):
+            if stanza.type != STANZA_TYPE or stanza.args[:1] != (own,) or len(stanza.args) > 2:
                 continue
             if len(stanza.body) - ENC_SIZE - 16 not in FILE_KEY_SIZES:
                 raise FormatError("malformed x25519 recipient stanza body")
