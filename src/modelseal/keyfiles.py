@@ -17,7 +17,9 @@ import string
 from hashlib import sha256
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
@@ -95,13 +97,20 @@ def load_mek(path: str | os.PathLike[str]) -> MEK:
     return MEK(key)
 
 
+def _public_key(pem: bytes, path: str | os.PathLike[str]) -> PublicKeyTypes:
+    try:
+        return load_pem_public_key(pem)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise KeyFileError(f"{path}: unreadable public key") from None
+
+
 def _private_key(data: bytes, path: str | os.PathLike[str]) -> X25519PrivateKey | Ed25519PrivateKey | None:
     block = _PEM_PRIVATE.search(data)
     if block is None:
         return None
     try:
         key = load_pem_private_key(block.group(0), password=None)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise KeyFileError(f"{path}: unreadable private key") from None
     if not isinstance(key, X25519PrivateKey | Ed25519PrivateKey):
         raise KeyFileError(f"{path}: only X25519 identities and Ed25519 signer keys are supported")
@@ -134,7 +143,7 @@ def parse_recipient(value: str) -> X25519Recipient:
     data = _read_key_file(value)
     block = _PEM_PUBLIC.search(data)
     if block is not None:
-        pub = load_pem_public_key(block.group(0))
+        pub = _public_key(block.group(0), value)
         if not isinstance(pub, X25519PublicKey):
             raise KeyFileError(f"{value}: not an X25519 public key")
         return X25519Recipient(pub)
@@ -184,7 +193,7 @@ def load_signer_public(value: str | os.PathLike[str]) -> Ed25519PublicKey:
     data = _read_key_file(value)
     block = _PEM_PUBLIC.search(data)
     if block is not None:
-        pub = load_pem_public_key(block.group(0))
+        pub = _public_key(block.group(0), value)
         if isinstance(pub, Ed25519PublicKey):
             return pub
         raise KeyFileError(f"{value}: not an Ed25519 public key")

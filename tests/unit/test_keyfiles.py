@@ -79,3 +79,15 @@ def test_signer_keys(tmp_path: Path) -> None:
         modelseal.load_identity(tmp_path / "owner.key")
     with pytest.raises(modelseal.KeyFileError):
         modelseal.load_signer(pub_path)
+
+
+def test_garbled_pem_is_a_key_file_error(tmp_path: Path) -> None:
+    body = b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"
+    (tmp_path / "pub.pem").write_bytes(body)
+    (tmp_path / "key.pem").write_bytes(body.replace(b"PUBLIC", b"PRIVATE"))
+    with pytest.raises(modelseal.KeyFileError):
+        modelseal.load_recipient(str(tmp_path / "pub.pem"))
+    with pytest.raises(modelseal.KeyFileError):
+        modelseal.load_signer_public(tmp_path / "pub.pem")
+    with pytest.raises(modelseal.KeyFileError):
+        modelseal.load_identity(tmp_path / "key.pem")
