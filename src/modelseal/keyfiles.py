@@ -50,8 +50,9 @@ def _encode_text(prefix: str, key: bytes) -> str:
 
 
 def _decode_text(prefix: str, text: str) -> bytes:
+    body = text[len(prefix) :]
     try:
-        raw = base64.urlsafe_b64decode(text[len(prefix) :] + "==")
+        raw = base64.b64decode(body + "=" * (-len(body) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
         raise KeyFileError(f"malformed {prefix.rstrip(':')} key string") from None
     key, check = raw[:-4], raw[-4:]

@@ -69,6 +69,10 @@ def rewrap(
     unlocked = unlock(old, identity)
     stanzas = select_stanzas(old.stanzas, remove)
     stanzas += [s for r in add for s in r.wrap(unlocked.file_key)]
+    if sum(s.type == "scrypt" for s in stanzas) > 1:
+        raise UsageError(
+            "a sealed model may hold only one passphrase: remove the old one (--remove-recipient scrypt)"
+        )
     if not stanzas and not _is_a_given_mek(unlocked.file_key, identity):
         raise UsageError("this would leave no recipient able to open the model")
     new = assemble(unlocked.file_key, old.core, stanzas, old.header_length, old.signature)

@@ -33,7 +33,7 @@ from .format.keys import derive_file_keys
 from .format.stream import PayloadCipher
 from .payload import encrypt_stream
 from .progress import Progress, no_progress
-from .recipients import MEK, Recipient
+from .recipients import MEK, Passphrase, Recipient
 from .signing import raw_public, sign_core
 
 
@@ -93,6 +93,8 @@ def seal(
     if mek is None and not recipients:
         raise UsageError("nobody could open this model: give a MEK or at least one recipient")
     all_recipients: list[Recipient] = ([mek] if mek is not None else []) + list(recipients)
+    if sum(isinstance(r, Passphrase) for r in all_recipients) > 1:
+        raise UsageError("a sealed model may hold only one passphrase")
     file_key = mek.key if mek is not None else keygen(256)
 
     files = sources.collect(src)

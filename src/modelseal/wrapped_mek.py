@@ -28,12 +28,13 @@ from .envelope import VERSION
 from .errors import HeaderRoomError, KeyFileError, UsageError
 from .fileio import atomic_write_bytes
 from .format.header import MAC_SIZE, MAX_STANZA_BODY, Header, Stanza
-from .format.keys import authenticate_stanza
+from .format.keys import FILE_KEY_SIZES, authenticate_stanza
 from .keyfiles import x25519_recipient_string
 from .opening import open_sealed_file, read_header
 from .progress import Progress, no_progress
 from .recipients import MEK, X25519Recipient
-from .recipients.x25519 import MAX_SLOT, fingerprint, public_bytes, slot_of
+from .recipients.mek import STANZA_TYPE as MEK_TYPE
+from .recipients.x25519 import ENC_SIZE, MAX_SLOT, fingerprint, public_bytes, slot_of
 from .recipients.x25519 import STANZA_TYPE as X25519_TYPE
 from .rewriting import write_new_file
 
@@ -44,6 +45,7 @@ CONFIG_FORMAT = "modelseal-wrapped-mek/1"
 class WrappedMEK:
     device: str | None
     stanza: Stanza
+    mek_id: bytes | None = None  # from config.json: lets replace-mek refuse a wrap of another MEK
 
 
 def device_slots(recipients: Sequence[X25519Recipient]) -> list[X25519Recipient]:
@@ -107,17 +109,17 @@ def _read_small(path: Path, limit: int) -> bytes:
     return data
 
 
-def _load_one(folder: Path, device: str | None) -> WrappedMEK:
+def _load_one(folder: Path, device: str | None, mek_id: bytes | None = None) -> WrappedMEK:
     pub = _read_small(folder / "MEK.pub", 32)
     body = _read_small(folder / "MEK.encrypt", MAX_STANZA_BODY)
     mac = _read_small(folder / "MEK.nonce", MAC_SIZE)
-    if len(pub) != 32 or len(mac) != MAC_SIZE:
-        raise KeyFileError(f"{folder}: MEK.pub must hold 32 bytes and MEK.nonce {MAC_SIZE}")
+    if len(pub) != 32 or len(mac) != MAC_SIZE or len(body) - ENC_SIZE - 16 not in FILE_KEY_SIZES:
+        raise KeyFileError(f"{folder}: MEK.pub, MEK.nonce or MEK.encrypt has the wrong size")
     if (folder / "MEK.device").exists():
         device = _read_small(folder / "MEK.device", MAX_SLOT).decode("utf-8", "replace").strip() or None
     X25519PublicKey.from_public_bytes(pub)
     slot = (device.encode(),) if device is not None else ()
-    return WrappedMEK(device, Stanza(X25519_TYPE, (fingerprint(pub), *slot), body, mac))
+    return WrappedMEK(device, Stanza(X25519_TYPE, (fingerprint(pub), *slot), body, mac), mek_id)
 
 
 def load_wrapped_meks(folders: Sequence[str | os.PathLike[str]]) -> list[WrappedMEK]:
@@ -131,14 +133,16 @@ def load_wrapped_meks(folders: Sequence[str | os.PathLike[str]]) -> list[Wrapped
         elif config.exists():
             try:
                 doc = json.loads(_read_small(config, 1 << 20))
-                rows = [(str(d["device"]), str(d["folder"])) for d in doc["devices"]]
+                rows = [
+                    (str(d["device"]), str(d["folder"]), bytes.fromhex(d["mek_id"])) for d in doc["devices"]
+                ]
             except (ValueError, KeyError, TypeError):
                 raise KeyFileError(f"{config} is not a wrap-mek config") from None
-            for device, name in rows:
+            for device, name, mek_id in rows:
                 sub = (folder / name).resolve()
                 if sub.parent != folder.resolve():
                     raise KeyFileError(f"{config} points outside its folder")
-                found.append(_load_one(sub, device))
+                found.append(_load_one(sub, device, mek_id))
         else:
             raise KeyFileError(f"{folder} holds neither MEK.encrypt nor config.json")
     if not found:
@@ -161,6 +165,13 @@ def replace_mek(
     """
     with open_sealed_file(encrypted) as f:
         old = read_header(f)
+    model_meks = {s.args[0] for s in old.stanzas if s.type == MEK_TYPE and s.args}
+    for w in wrapped:
+        if w.mek_id is not None and model_meks and w.mek_id not in model_meks:
+            raise UsageError(
+                f"the wrapped MEK for device {w.device} was made with another MEK (id {w.mek_id.hex()}) "
+                f"than this model's ({', '.join(sorted(m.hex() for m in model_meks))})"
+            )
     slots = {w.device for w in wrapped}
     fingerprints = {w.stanza.args[0] for w in wrapped}
 

@@ -102,3 +102,20 @@ def test_unsupported_version_says_so(tmp_path: Path) -> None:
     path.write_bytes(PREAMBLE.pack(MAGIC, 7, 0, 4096, 0) + bytes(4076))
     with pytest.raises(modelseal.UnsupportedVersionError, match="version 7"):
         modelseal.inspect(path)
+
+
+@pytest.mark.parametrize("metadata", [b"[1, 2]", b'"text"', b"{not json", b"\xff\xfe", b""])
+def test_metadata_must_be_a_json_object(metadata: bytes) -> None:
+    from modelseal.format.header import Core, parse_core
+
+    core = Core(salt=bytes(32), chunk_size=4096, payload_length=0, metadata=metadata, manifest=b"")
+    with pytest.raises(modelseal.FormatError, match="metadata"):
+        parse_core(core.encode())
+
+
+def test_two_scrypt_stanzas_are_refused_before_any_scrypt() -> None:
+    from modelseal.format.header import Stanza
+
+    stanza = Stanza("scrypt", (bytes(16), bytes([20])), bytes(48))
+    with pytest.raises(modelseal.FormatError, match="only one passphrase"):
+        next(modelseal.Passphrase(b"pw").unwrap([stanza, stanza]))

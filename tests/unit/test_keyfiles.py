@@ -91,3 +91,10 @@ def test_garbled_pem_is_a_key_file_error(tmp_path: Path) -> None:
         modelseal.load_signer_public(tmp_path / "pub.pem")
     with pytest.raises(modelseal.KeyFileError):
         modelseal.load_identity(tmp_path / "key.pem")
+
+
+def test_key_strings_are_decoded_strictly() -> None:
+    printed = modelseal.x25519_recipient_string(modelseal.generate_identity().recipient)
+    noisy = printed[:15] + "!!*" + printed[15:]
+    with pytest.raises(modelseal.KeyFileError):
+        modelseal.load_recipient(noisy)

@@ -183,3 +183,17 @@ def test_replace_mek_with_forged_or_foreign_wraps_fails_closed(
     out = modelseal.replace_mek(encrypted, modelseal.load_wrapped_meks([foreign]), tmp_path / "o2")
     with pytest.raises(modelseal.IntegrityError):
         modelseal.open(out, session)
+
+
+def test_replace_mek_refuses_wraps_of_another_mek_named_by_config(
+    tmp_path: Path, model_file: tuple[Path, bytes], mek: bytes
+) -> None:
+    src, _ = model_file
+    modelseal.seal(src, tmp_path / "m.mseal", mek=mek)
+    session = modelseal.generate_identity()
+    modelseal.wrap_mek(modelseal.MEK(modelseal.keygen()), [session.recipient], tmp_path / "other")
+    with pytest.raises(modelseal.UsageError, match="another MEK"):
+        modelseal.replace_mek(
+            tmp_path / "m.mseal", modelseal.load_wrapped_meks([tmp_path / "other"]), tmp_path / "o"
+        )
+    assert not (tmp_path / "o" / "m.mseal").exists()

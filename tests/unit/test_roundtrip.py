@@ -200,3 +200,17 @@ def test_folder_links_to_files_are_followed_links_to_folders_refused(tmp_path: P
     (snap / "loop").symlink_to(snap)
     with pytest.raises(modelseal.UsageError, match="links to a folder"):
         modelseal.seal(snap, tmp_path / "t.mseal", mek=mek)
+
+
+def test_only_one_passphrase_per_model(tmp_path: Path, model_file: tuple[Path, bytes]) -> None:
+    src, _ = model_file
+    a, b = modelseal.Passphrase(b"a", log_n=10), modelseal.Passphrase(b"b", log_n=10)
+    with pytest.raises(modelseal.UsageError, match="only one passphrase"):
+        modelseal.seal(src, tmp_path / "m.mseal", [a, b])
+    modelseal.seal(src, tmp_path / "m.mseal", [a])
+    with pytest.raises(modelseal.UsageError, match="only one passphrase"):
+        modelseal.rewrap(tmp_path / "m.mseal", a, add=[b], in_place=True)
+    modelseal.rewrap(tmp_path / "m.mseal", a, add=[b], remove=["scrypt"], in_place=True)
+    with pytest.raises(modelseal.NoMatchingIdentityError):
+        modelseal.open(tmp_path / "m.mseal", modelseal.Passphrase(b"a"))
+    modelseal.open(tmp_path / "m.mseal", modelseal.Passphrase(b"b")).close()

@@ -72,3 +72,12 @@ def test_unseal_refuses_an_existing_symlink_as_output(tmp_path: Path, mek: bytes
     with pytest.raises(modelseal.OutputError):
         modelseal.unseal(tmp_path / "m.mseal", modelseal.MEK(mek), tmp_path / "link")
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_names_that_are_not_utf8_and_odd_flags_are_refused(tmp_path: Path, mek: bytes) -> None:
+    (tmp_path / "m.bin").write_bytes(b"z" * 100)
+    modelseal.seal(tmp_path / "m.bin", tmp_path / "m.mseal", mek=mek)
+    for rows in ([["a\ud800b", 0, 100, 0]], [["a", 0, 100, True]], [["a", 0, 100, 1.0]], [["a", 0, 100, 2]]):
+        _with_manifest(tmp_path / "m.mseal", mek, rows, tmp_path / "bad.mseal")
+        with pytest.raises(modelseal.FormatError):
+            modelseal.open(tmp_path / "bad.mseal", modelseal.MEK(mek))

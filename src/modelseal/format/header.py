@@ -7,6 +7,7 @@ allocated, and every parse failure is a :class:`FormatError`.
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 from dataclasses import dataclass, field
@@ -64,14 +65,6 @@ class Stanza:
         if len(self.mac) != MAC_SIZE:
             raise ValueError("stanza has no MAC yet")
         return self.encode_unauthenticated() + self.mac
-
-    def check_bounds(self) -> None:
-        if not _STANZA_TYPE.fullmatch(self.type.encode("ascii", "replace")):
-            raise FormatError(f"invalid recipient stanza type {self.type!r}")
-        if len(self.args) > MAX_STANZA_ARGS or any(len(a) > MAX_STANZA_ARG for a in self.args):
-            raise FormatError("recipient stanza arguments exceed their bounds")
-        if len(self.body) > MAX_STANZA_BODY:
-            raise FormatError("recipient stanza body exceeds its bound")
 
 
 @dataclass(frozen=True)
@@ -220,6 +213,16 @@ class _Reader:
         return self.data[self.pos :]
 
 
+def check_metadata(data: bytes) -> None:
+    """Public metadata is a UTF-8 JSON object; anything else is a malformed header."""
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise FormatError("malformed header: metadata is not UTF-8 JSON") from None
+    if not isinstance(doc, dict):
+        raise FormatError("malformed header: metadata is not a JSON object")
+
+
 def parse_core(data: bytes) -> Core:
     r = _Reader(data, "core")
     salt, aead, chunk_size, payload_length, signer_len = r.unpack(_CORE_FIXED)
@@ -233,6 +236,7 @@ def parse_core(data: bytes) -> Core:
     signer_key = r.take(signer_len)
     digest = r.take(DIGEST_SIZE if signer_len else 0)
     metadata = r.sized(MAX_METADATA, "metadata")
+    check_metadata(metadata)
     manifest = r.sized(MAX_MANIFEST, "manifest")
     if r.rest:
         raise FormatError("malformed header: trailing bytes in core")

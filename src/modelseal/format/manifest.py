@@ -34,12 +34,16 @@ class ManifestEntry:
 
 def check_name(name: str) -> str:
     """Accept only a normalized relative POSIX path that cannot escape the folder it is put in."""
-    if not name or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME:
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FormatError(f"invalid file name in manifest: {name!r} is not valid UTF-8") from None
+    if not name or len(encoded) > MAX_NAME:
         raise FormatError("invalid file name in manifest: empty or too long")
     if "\x00" in name or "\\" in name or name.startswith("/"):
         raise FormatError(f"invalid file name in manifest: {name!r}")
     for part in name.split("/"):
-        if part in ("", ".", "..") or len(part.encode("utf-8", "surrogatepass")) > 255:
+        if part in ("", ".", "..") or len(part.encode("utf-8")) > 255:
             raise FormatError(f"invalid file name in manifest: {name!r}")
     return name
 
@@ -101,6 +105,8 @@ def decode(data: bytes, payload_length: int) -> Manifest:
         for row in rows:
             name, offset, size, executable = row
             if not (isinstance(name, str) and type(offset) is int and type(size) is int):
+                raise ValueError
+            if type(executable) is not int or executable not in (0, 1):
                 raise ValueError
             entries.append(ManifestEntry(name, offset, size, executable == 1))
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):

@@ -1,7 +1,7 @@
 """Passphrase recipient: scrypt-derived wrapping key, AES-256-GCM wrap of the file key.
 
-The work factor sits in the stanza and is bounded on read (2**MAX_LOG_N), so a hostile file cannot
-make the opener allocate gigabytes or spin for hours.
+The work factor sits in the stanza and is bounded on read (2**MAX_LOG_N, 1 GiB of scrypt memory),
+and a header may hold only one scrypt stanza, so a hostile file costs at most one bounded scrypt.
 """
 
 from __future__ import annotations
@@ -53,9 +53,12 @@ class Passphrase:
         return stanza.type == STANZA_TYPE
 
     def unwrap(self, stanzas: Sequence[Stanza]) -> Iterator[bytes]:
-        for stanza in stanzas:
-            if stanza.type != STANZA_TYPE:
-                continue
+        mine = [s for s in stanzas if s.type == STANZA_TYPE]
+        if len(mine) > 1:
+            # Each attempt costs up to 2**MAX_LOG_N work before any MAC can be checked: one stanza
+            # bounds what a hostile header can make us spend.
+            raise FormatError("a sealed model may hold only one passphrase (scrypt) recipient")
+        for stanza in mine:
             if len(stanza.args) != 2 or len(stanza.args[0]) != _SALT_SIZE or len(stanza.args[1]) != 1:
                 raise FormatError("malformed scrypt recipient stanza")
             log_n = stanza.args[1][0]
