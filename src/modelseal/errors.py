@@ -77,3 +77,12 @@ class HeaderRoomError(ModelSealError):
     """An in-place header rewrite does not fit in the room the header reserved."""
 
     exit_code = 8
+
+
+class RuntimeUnavailableError(ModelSealError):
+    """An optional part is not installed; the message names the extra that provides it."""
+
+    exit_code = 9
+
+    def __init__(self, module: str, extra: str) -> None:
+        super().__init__(f"{module} is not installed: pip install 'modelseal[{extra}]'")

@@ -20,6 +20,7 @@ EXPECTED = {
     "Passphrase",
     "Recipient",
     "RewrapResult",
+    "RuntimeUnavailableError",
     "SealResult",
     "SealedModel",
     "SignatureError",

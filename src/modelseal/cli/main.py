@@ -29,6 +29,7 @@ EXIT_CODES = """exit codes:
   6  key file error
   7  output error (exists, unsafe path, disk)
   8  not enough header room for an in-place rewrap
+  9  an optional part is not installed (the message names the pip extra)
   130 interrupted
 """
 
