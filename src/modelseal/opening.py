@@ -158,18 +158,34 @@ def open(
         header = read_header(f)
         unlocked = unlock(header, identity)
         check_size(f, header)
-        if signer is not None:
-            check_owner(f, header, signer)
         contents = _manifest(header, unlocked)
         plain = PlainBuffer(header.core.payload_length)
         try:
-            f.seek(header.header_length)
-            cipher = PayloadCipher(unlocked.keys.payload, header.core.chunk_size, header.core.payload_length)
-            decrypt_stream(f, cipher, plain.view, progress=progress)
+            _decrypt_payload(f, header, unlocked, plain.view, signer, progress)
         except BaseException:
             plain.close()
             raise
     return SealedModel(header, contents, plain)
+
+
+def _decrypt_payload(
+    f: io.FileIO,
+    header: Header,
+    unlocked: Unlocked,
+    sink: memoryview | None,
+    signer: Ed25519PublicKey | None,
+    progress: Progress,
+) -> None:
+    """Decrypt every chunk into ``sink`` (or scratch); with a signer, hash the ciphertext in the same pass."""
+    hasher = None
+    if signer is not None:
+        check_signature(signer, header.core.signer_key, header.signature, header.version, header.core_bytes)
+        hasher = hashlib.sha256()
+    f.seek(header.header_length)
+    cipher = PayloadCipher(unlocked.keys.payload, header.core.chunk_size, header.core.payload_length)
+    decrypt_stream(f, cipher, sink, hasher, progress)
+    if hasher is not None and not hmac.compare_digest(hasher.digest(), header.core.payload_digest):
+        raise SignatureError("signature check failed: the payload is not the one the owner signed")
 
 
 @dataclass(frozen=True)
@@ -199,15 +215,14 @@ def verify(
     with open_sealed_file(path) as f:
         header = read_header(f)
         files = None
-        if signer is not None:
+        if identity is None:
+            assert signer is not None
             check_owner(f, header, signer, progress)
-        if identity is not None:
+        else:
             unlocked = unlock(header, identity)
             check_size(f, header)
             files = len(_manifest(header, unlocked).entries)
-            f.seek(header.header_length)
-            cipher = PayloadCipher(unlocked.keys.payload, header.core.chunk_size, header.core.payload_length)
-            decrypt_stream(f, cipher, None, progress=progress)
+            _decrypt_payload(f, header, unlocked, None, signer, progress)
     return VerifyReport(
         Path(path),
         identity is not None,

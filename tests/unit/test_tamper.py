@@ -196,3 +196,30 @@ def test_stripped_signature_is_detected(tmp_path: Path, mek: bytes) -> None:
     (tmp_path / "t.mseal").write_bytes(bytes(data))
     with pytest.raises(modelseal.SignatureError):
         modelseal.verify(tmp_path / "t.mseal", signer=owner.public_key())
+
+
+def test_signed_digest_that_does_not_match_the_payload_releases_nothing(
+    tmp_path: Path, mek: bytes, buffers: list[memory.PlainBuffer]
+) -> None:
+    """Even a MEK holder with a valid signature over a core cannot pass off another payload."""
+    import dataclasses
+
+    from modelseal.envelope import assemble
+    from modelseal.format.header import parse_header
+    from modelseal.signing import sign_core
+
+    src = tmp_path / "m.bin"
+    src.write_bytes(b"weights" * 3000)
+    owner = modelseal.generate_signer()
+    modelseal.seal(src, tmp_path / "s.mseal", mek=mek, signer=owner)
+    data = (tmp_path / "s.mseal").read_bytes()
+    header = parse_header(data[: modelseal.inspect(tmp_path / "s.mseal").header_length])
+    core = dataclasses.replace(header.core, payload_digest=bytes(32))
+    forged = assemble(mek, core, header.stanzas, header.header_length, sign_core(owner, 1, core.encode()))
+    (tmp_path / "f.mseal").write_bytes(forged.encode() + data[header.header_length :])
+    with pytest.raises(modelseal.SignatureError, match="not the one the owner signed"):
+        modelseal.open(tmp_path / "f.mseal", modelseal.MEK(mek), signer=owner.public_key())
+    assert buffers and all(b.closed for b in buffers)
+    with pytest.raises(modelseal.SignatureError):
+        modelseal.verify(tmp_path / "f.mseal", modelseal.MEK(mek), owner.public_key())
+    modelseal.open(tmp_path / "f.mseal", modelseal.MEK(mek)).close()  # without a signer it is just a MEK file
