@@ -51,7 +51,8 @@ from modelseal.format.header import (
 from modelseal.format.keys import FileKeys, derive_file_keys
 from modelseal.format.stream import PayloadCipher, chunk_nonce
 from modelseal.keyfiles import ed25519_public_string
-from modelseal.recipients import MEK, Passphrase
+from modelseal.recipients import MEK, Passphrase, X25519Recipient
+from modelseal.recipients.passphrase import MAX_LOG_N
 from modelseal.recipients.x25519 import fingerprint, public_bytes
 from modelseal.signing import raw_public, sign_core
 
@@ -74,11 +75,14 @@ FILE_KEY_X = fixed("file key for x25519", 32)
 SALT_1 = fixed("salt 1", 32)
 SALT_2 = fixed("salt 2", 32)
 SCRYPT_SALT = fixed("scrypt salt", 16)
+SCRYPT_SALT_2 = fixed("scrypt salt 2", 16)
 PASSPHRASE = "correct horse battery staple"
 X25519_A = X25519PrivateKey.from_private_bytes(fixed("x25519 identity A", 32))
 X25519_B = X25519PrivateKey.from_private_bytes(fixed("x25519 identity B", 32))
 EPHEMERAL = X25519PrivateKey.from_private_bytes(fixed("x25519 ephemeral", 32))
 OWNER = Ed25519PrivateKey.from_private_bytes(fixed("owner signer", 32))
+DEVICE_SLOT = "2"  # a qaic device number, the optional second argument of an x25519 stanza
+NOT_AN_OBJECT = b'["tiny-net"]'  # metadata that is valid JSON but not the object the spec requires
 
 SMALL = fixed("plaintext small", 300)  # one chunk
 TWO = fixed("plaintext two chunks", CHUNK + 100)  # a full chunk and a short final one
@@ -131,10 +135,12 @@ def mek_stanza(key: bytes) -> Stanza:
     return stanza
 
 
-def x25519_stanza(identity: X25519PrivateKey, file_key: bytes) -> Stanza:
+def x25519_stanza(identity: X25519PrivateKey, file_key: bytes, slot: str | None = None) -> Stanza:
+    """args [fingerprint], or [fingerprint, device slot label] as X25519Recipient(slot=...) writes."""
     public = identity.public_key()
     body = hpke_seal(public, EPHEMERAL, b"modelseal/v1 x25519", file_key)
-    return Stanza("x25519", (fingerprint(public_bytes(public)),), body)
+    label = (slot.encode(),) if slot is not None else ()
+    return Stanza("x25519", (fingerprint(public_bytes(public)), *label), body)
 
 
 @contextlib.contextmanager
@@ -153,9 +159,9 @@ def pinned_urandom(values: Sequence[bytes]) -> Iterator[None]:
         raise AssertionError(f"{len(queue)} pinned random values were not used")
 
 
-def scrypt_stanza(file_key: bytes, log_n: int = 10) -> Stanza:
+def scrypt_stanza(file_key: bytes, log_n: int = 10, salt: bytes = SCRYPT_SALT) -> Stanza:
     # The library's own wrap, with its salt pinned, rather than a re-implementation here.
-    with pinned_urandom([SCRYPT_SALT]):
+    with pinned_urandom([salt]):
         (stanza,) = Passphrase(PASSPHRASE.encode(), log_n).wrap(file_key)
     return stanza
 
@@ -224,8 +230,12 @@ def seal(
     signer: Ed25519PrivateKey | None = None,
     chunk_size: int = CHUNK,
     plan: manifest.Manifest | None = None,
+    metadata: bytes = b"{}",
 ) -> Sealed:
-    """Seal like modelseal.seal does with header_room=0 and metadata=None, from in-memory files."""
+    """Seal like modelseal.seal does with header_room=0 and metadata=None, from in-memory files.
+
+    ``metadata`` is the raw core field, so a failure vector can store what modelseal.seal never writes.
+    """
     entries, payload_length = manifest.layout([(name, len(data), False) for name, data in files])
     plan = plan or manifest.Manifest(entries, folder)
     plaintext = bytearray(payload_length)
@@ -236,7 +246,7 @@ def seal(
         salt=salt,
         chunk_size=chunk_size,
         payload_length=payload_length,
-        metadata=b"{}",
+        metadata=metadata,
         manifest=manifest.seal(keys.manifest, manifest.encode(plan)),
         signer_key=raw_public(signer.public_key()) if signer else b"",
         payload_digest=bytes(DIGEST_SIZE) if signer else b"",
@@ -266,10 +276,13 @@ def single(
     salt: bytes = SALT_1,
     signer: Ed25519PrivateKey | None = None,
     plan: manifest.Manifest | None = None,
+    metadata: bytes = b"{}",
 ) -> Sealed:
     """One file named model.onnx; by default its only stanza is the mek stanza naming ``file_key``."""
     chosen = [mek_stanza(file_key)] if stanzas is None else stanzas
-    return seal(file_key, [("model.onnx", data)], chosen, salt=salt, signer=signer, plan=plan)
+    return seal(
+        file_key, [("model.onnx", data)], chosen, salt=salt, signer=signer, plan=plan, metadata=metadata
+    )
 
 
 # --- edits for the failure vectors ------------------------------------------------------------------
@@ -389,6 +402,18 @@ def success_vectors() -> list[Vector]:
             "success",
             bytes(s.data),
             "random file key wrapped with HPKE to one X25519 recipient, no mek stanza",
+            identity=X25519_A,
+            payload=[("model.onnx", SMALL)],
+        )
+    )
+    s = single(FILE_KEY_X, SMALL, [x25519_stanza(X25519_A, FILE_KEY_X, slot=DEVICE_SLOT)])
+    out.append(
+        Vector(
+            "success_x25519_slot",
+            "success",
+            bytes(s.data),
+            f'x25519 stanza with a second argument, device slot "{DEVICE_SLOT}" (inside the stanza MAC); '
+            "the identity matches on the fingerprint alone",
             identity=X25519_A,
             payload=[("model.onnx", SMALL)],
         )
@@ -578,14 +603,28 @@ def header_failures() -> list[Vector]:
         )
     )
     scrypt = scrypt_stanza(FILE_KEY_X)
-    hard = Stanza("scrypt", (scrypt.args[0], bytes([23])), scrypt.body)
+    too_high = MAX_LOG_N + 1
+    hard = Stanza("scrypt", (scrypt.args[0], bytes([too_high])), scrypt.body)
     s = single(FILE_KEY_X, SMALL, [hard])
     out.append(
         Vector(
             "header_scrypt_work_factor_too_high",
             hf,
             bytes(s.data),
-            "scrypt stanza with log2(N) = 23 (bound 22), MAC valid: refused before scrypt runs",
+            f"scrypt stanza with log2(N) = {too_high} (bound {MAX_LOG_N}), MAC valid: "
+            "refused before scrypt runs",
+            passphrase=PASSPHRASE,
+        )
+    )
+    # Both stanzas wrap the right file key, so only the one-scrypt-stanza rule can refuse the file.
+    two = [scrypt, scrypt_stanza(FILE_KEY_X, salt=SCRYPT_SALT_2)]
+    s = single(FILE_KEY_X, SMALL, two)
+    out.append(
+        Vector(
+            "header_two_scrypt_stanzas",
+            hf,
+            bytes(s.data),
+            "two valid scrypt stanzas for the right passphrase, MACs valid: refused before scrypt runs",
             passphrase=PASSPHRASE,
         )
     )
@@ -609,6 +648,16 @@ def header_failures() -> list[Vector]:
             hf,
             s.data,
             "authenticated manifest naming ../model.onnx: refused before any chunk",
+        )
+    )
+    s = single(MEK_A, SMALL, metadata=NOT_AN_OBJECT)
+    out.append(
+        mek_vector(
+            "header_metadata_not_object",
+            hf,
+            s.data,
+            f"metadata {NOT_AN_OBJECT.decode()} is JSON but not an object, header MAC valid: "
+            "refused while parsing",
         )
     )
     return out
@@ -746,7 +795,8 @@ def _sealer(**options: object) -> Callable[[Path, Path], object]:
 def check_against_sealer() -> None:
     """The hand-assembled files must be exactly what modelseal.seal writes with the same randomness.
 
-    The x25519 vectors cannot be checked this way: cryptography's HPKE draws its own ephemeral key.
+    The x25519 vectors cannot be checked this way (cryptography's HPKE draws its own ephemeral key);
+    only their stanza arguments, with and without a device slot, are compared with the library's.
     """
     scrypt = single(FILE_KEY_X, SMALL, [scrypt_stanza(FILE_KEY_X)])
     cases = [
@@ -770,6 +820,11 @@ def check_against_sealer() -> None:
                 run(src, root / "out.mseal")
             if (root / "out.mseal").read_bytes() != expected.data:
                 raise SystemExit(f"gen_vectors.py and modelseal.seal disagree on {src.name}")
+    # The x25519 bodies differ (ephemeral key), but the stanza arguments must be the library's.
+    for slot in (None, DEVICE_SLOT):
+        (library,) = X25519Recipient(X25519_A.public_key(), slot=slot).wrap(FILE_KEY_X)
+        if library.args != x25519_stanza(X25519_A, FILE_KEY_X, slot=slot).args:
+            raise SystemExit(f"gen_vectors.py and modelseal disagree on x25519 stanza args (slot {slot})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -52,10 +52,7 @@ def inspect(path: str | os.PathLike[str]) -> Inspection:
         header = read_header(f)
         size = os.fstat(f.fileno()).st_size
     core = header.core
-    try:
-        metadata = json.loads(core.metadata) if core.metadata else {}
-    except ValueError:
-        metadata = {"_unparsed": core.metadata.decode("utf-8", "replace")}
+    metadata = json.loads(core.metadata)  # parse_core has checked it is a JSON object
     signer = (
         ed25519_public_string(Ed25519PublicKey.from_public_bytes(core.signer_key))
         if core.signer_key

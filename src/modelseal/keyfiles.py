@@ -42,6 +42,7 @@ MAX_KEY_FILE = 64 << 10
 _PEM_PRIVATE = re.compile(rb"-----BEGIN PRIVATE KEY-----.+?-----END PRIVATE KEY-----", re.S)
 _PEM_PUBLIC = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.S)
 _HEX = set(string.hexdigits.encode())
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _encode_text(prefix: str, key: bytes) -> str:
@@ -51,6 +52,8 @@ def _encode_text(prefix: str, key: bytes) -> str:
 
 def _decode_text(prefix: str, text: str) -> bytes:
     body = text[len(prefix) :]
+    if not _BASE64URL.fullmatch(body):
+        raise KeyFileError(f"malformed {prefix.rstrip(':')} key string (characters outside base64url)")
     try:
         raw = base64.b64decode(body + "=" * (-len(body) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):

@@ -48,7 +48,9 @@ def encode_metadata(metadata: Mapping[str, Any] | None) -> bytes:
     if metadata is None:
         return b"{}"
     try:
-        data = json.dumps(dict(metadata), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        data = json.dumps(
+            dict(metadata), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode()
     except (TypeError, ValueError) as e:
         raise UsageError(f"metadata must be JSON-serializable: {e}") from None
     if len(data) > MAX_METADATA:

@@ -34,7 +34,7 @@ from .opening import open_sealed_file, read_header
 from .progress import Progress, no_progress
 from .recipients import MEK, X25519Recipient
 from .recipients.mek import STANZA_TYPE as MEK_TYPE
-from .recipients.x25519 import ENC_SIZE, MAX_SLOT, fingerprint, public_bytes, slot_of
+from .recipients.x25519 import ENC_SIZE, MAX_SLOT, check_slot, fingerprint, public_bytes, slot_of
 from .recipients.x25519 import STANZA_TYPE as X25519_TYPE
 from .rewriting import write_new_file
 
@@ -76,9 +76,7 @@ def wrap_mek(
         assert recipient.slot is not None
         (stanza,) = recipient.wrap(mek.key)
         stanza = authenticate_stanza(mek.key, stanza)
-        folder = root / f"device{recipient.slot}"
-        if folder.resolve().parent != root.resolve():
-            raise UsageError(f"device label {recipient.slot!r} is not a plain name")
+        folder = root / f"device{recipient.slot}"  # the slot alphabet keeps this inside root
         folder.mkdir(exist_ok=True)
         atomic_write_bytes(folder / "MEK.encrypt", stanza.body)
         atomic_write_bytes(folder / "MEK.nonce", stanza.mac)
@@ -109,14 +107,21 @@ def _read_small(path: Path, limit: int) -> bytes:
     return data
 
 
-def _load_one(folder: Path, device: str | None, mek_id: bytes | None = None) -> WrappedMEK:
+def _load_one(folder: Path, label: str | None, mek_id: bytes | None = None) -> WrappedMEK:
+    """One device folder. The slot comes only from MEK.device, written with the MAC that covers it."""
     pub = _read_small(folder / "MEK.pub", 32)
     body = _read_small(folder / "MEK.encrypt", MAX_STANZA_BODY)
     mac = _read_small(folder / "MEK.nonce", MAC_SIZE)
     if len(pub) != 32 or len(mac) != MAC_SIZE or len(body) - ENC_SIZE - 16 not in FILE_KEY_SIZES:
         raise KeyFileError(f"{folder}: MEK.pub, MEK.nonce or MEK.encrypt has the wrong size")
+    device = None
     if (folder / "MEK.device").exists():
-        device = _read_small(folder / "MEK.device", MAX_SLOT).decode("utf-8", "replace").strip() or None
+        device = (
+            _read_small(folder / "MEK.device", MAX_SLOT + 1).decode("utf-8", "replace").removesuffix("\n")
+        )
+        check_slot(device)
+    if label is not None and label != device:
+        raise KeyFileError(f"{folder}: config.json says device {label!r} but MEK.device says {device!r}")
     X25519PublicKey.from_public_bytes(pub)
     slot = (device.encode(),) if device is not None else ()
     return WrappedMEK(device, Stanza(X25519_TYPE, (fingerprint(pub), *slot), body, mac), mek_id)

@@ -98,3 +98,13 @@ def test_key_strings_are_decoded_strictly() -> None:
     noisy = printed[:15] + "!!*" + printed[15:]
     with pytest.raises(modelseal.KeyFileError):
         modelseal.load_recipient(noisy)
+
+
+def test_standard_base64_characters_are_refused() -> None:
+    printed = modelseal.x25519_recipient_string(modelseal.generate_identity().recipient)
+    swapped = printed.replace("-", "+").replace("_", "/")
+    if swapped != printed:
+        with pytest.raises(modelseal.KeyFileError, match="base64url"):
+            modelseal.load_recipient(swapped)
+    with pytest.raises(modelseal.KeyFileError, match="base64url"):
+        modelseal.load_recipient(printed[:20] + "+" + printed[21:])

@@ -197,3 +197,22 @@ def test_replace_mek_refuses_wraps_of_another_mek_named_by_config(
             tmp_path / "m.mseal", modelseal.load_wrapped_meks([tmp_path / "other"]), tmp_path / "o"
         )
     assert not (tmp_path / "o" / "m.mseal").exists()
+
+
+def test_device_slots_round_trip_and_config_must_agree(tmp_path: Path, mek: bytes) -> None:
+    session = modelseal.generate_identity()
+    long_slot = "d" * 64
+    folder = modelseal.wrap_mek(
+        modelseal.MEK(mek), [dataclasses.replace(session.recipient, slot=long_slot)], tmp_path / "w"
+    )[0]
+    (wrapped,) = modelseal.load_wrapped_meks([tmp_path / "w"])
+    assert wrapped.device == long_slot
+    config = json.loads((tmp_path / "w" / "config.json").read_text())
+    config["devices"][0]["device"] = "7"
+    (tmp_path / "w" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(modelseal.KeyFileError, match="config.json says device"):
+        modelseal.load_wrapped_meks([tmp_path / "w"])
+    assert folder.name == f"device{long_slot}"
+    for bad in ("", " 2", "../x", "a/b", "x" * 65):
+        with pytest.raises(modelseal.UsageError):
+            dataclasses.replace(session.recipient, slot=bad)

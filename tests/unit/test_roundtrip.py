@@ -214,3 +214,10 @@ def test_only_one_passphrase_per_model(tmp_path: Path, model_file: tuple[Path, b
     with pytest.raises(modelseal.NoMatchingIdentityError):
         modelseal.open(tmp_path / "m.mseal", modelseal.Passphrase(b"a"))
     modelseal.open(tmp_path / "m.mseal", modelseal.Passphrase(b"b")).close()
+
+
+def test_metadata_must_be_strict_json(tmp_path: Path, model_file: tuple[Path, bytes], mek: bytes) -> None:
+    src, _ = model_file
+    with pytest.raises(modelseal.UsageError, match="JSON"):
+        modelseal.seal(src, tmp_path / "m.mseal", mek=mek, metadata={"accuracy": float("nan")})
+    assert not (tmp_path / "m.mseal").exists()

@@ -58,6 +58,8 @@ MAX_METADATA, MAX_MANIFEST = 1024 * 1024, 16 * 1024 * 1024
 MAX_STANZAS, MAX_ARGS, MAX_ARG, MAX_BODY = 4096, 8, 1024, 65536
 STANZA_TYPE = re.compile(rb"[a-z0-9][a-z0-9._-]{0,31}")
 TAG = 16
+MIN_LOG_N, MAX_LOG_N = 10, 20  # SPEC §5.2
+BASE64URL = re.compile(r"[A-Za-z0-9_-]*")  # SPEC §9.2: no padding, no other character
 
 
 # --- identities ---------------------------------------------------------------------------------------
@@ -94,6 +96,8 @@ def parse_ed25519_text(text: str) -> bytes:
     if not text.startswith(prefix):
         raise ValueError("not an ms-ed25519 key")
     body = text[len(prefix) :]
+    if not BASE64URL.fullmatch(body):
+        raise ValueError("a character outside the base64url alphabet")
     try:
         raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
     except binascii.Error:
@@ -165,6 +169,16 @@ class Header:
     stanzas: list[Stanza]
 
 
+def check_metadata(metadata: bytes) -> None:
+    """SPEC §4.4: a UTF-8 JSON object, checked while parsing (an empty field is not one either)."""
+    try:
+        doc = json.loads(metadata.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise HeaderFailure("metadata is not UTF-8 JSON") from None
+    if not isinstance(doc, dict):
+        raise HeaderFailure("metadata is not a JSON object")
+
+
 def parse_header(data: bytes) -> Header:
     if len(data) < 20 or data[:8] != MAGIC:
         raise HeaderFailure("bad magic")
@@ -186,7 +200,7 @@ def parse_header(data: bytes) -> Header:
         raise HeaderFailure("bad core field")
     signer_key = core.take(signer_len)
     digest = core.take(32 if signer_len else 0)
-    core.sized(MAX_METADATA)
+    check_metadata(core.sized(MAX_METADATA))
     manifest = core.sized(MAX_MANIFEST)
     if core.pos != len(core_bytes):
         raise HeaderFailure("trailing bytes in core")
@@ -276,7 +290,8 @@ def candidates(identity: Identity, stanzas: list[Stanza]) -> list[tuple[bytes, b
         raw = public.public_bytes(Encoding.Raw, PublicFormat.Raw)
         fp = hashlib.sha256(b"modelseal/v1 x25519 fingerprint" + raw).digest()[:8]
         for s in stanzas:
-            if s.type != "x25519" or s.args != [fp]:
+            # args: [fingerprint] or [fingerprint, device slot]; only the fingerprint selects.
+            if s.type != "x25519" or s.args[:1] != [fp] or len(s.args) > 2:
                 continue
             if len(s.body) not in (32 + 16 + 16, 32 + 32 + 16):
                 raise HeaderFailure("x25519 stanza body length")
@@ -287,13 +302,14 @@ def candidates(identity: Identity, stanzas: list[Stanza]) -> list[tuple[bytes, b
             except InvalidTag:
                 continue
         return found
-    for s in stanzas:
-        if s.type != "scrypt":
-            continue
+    scrypt = [s for s in stanzas if s.type == "scrypt"]
+    if len(scrypt) > 1:
+        raise HeaderFailure("more than one scrypt stanza")  # before any scrypt work is spent
+    for s in scrypt:
         if len(s.args) != 2 or len(s.args[0]) != 16 or len(s.args[1]) != 1:
             raise HeaderFailure("scrypt stanza args")
         log_n = s.args[1][0]
-        if not 10 <= log_n <= 22 or len(s.body) not in (32, 48):
+        if not MIN_LOG_N <= log_n <= MAX_LOG_N or len(s.body) not in (32, 48):
             raise HeaderFailure("scrypt stanza out of bounds")  # before any scrypt work is spent
         wrapping = Scrypt(b"modelseal/v1 scrypt" + s.args[0], 32, 1 << log_n, 8, 1).derive(
             identity.passphrase
@@ -309,12 +325,18 @@ def candidates(identity: Identity, stanzas: list[Stanza]) -> list[tuple[bytes, b
 
 
 def check_name(name: object) -> str:
-    if not isinstance(name, str) or not name or len(name.encode("utf-8", "surrogatepass")) > 4096:
+    if not isinstance(name, str):
+        raise HeaderFailure("bad manifest name")
+    try:
+        encoded = name.encode("utf-8")  # strict: a lone surrogate (JSON "\ud800") is not UTF-8
+    except UnicodeEncodeError:
+        raise HeaderFailure("manifest name is not valid UTF-8") from None
+    if not name or len(encoded) > 4096:
         raise HeaderFailure("bad manifest name")
     if "\x00" in name or "\\" in name or name.startswith("/"):
         raise HeaderFailure("bad manifest name")
     for part in name.split("/"):
-        if part in ("", ".", "..") or len(part.encode("utf-8", "surrogatepass")) > 255:
+        if part in ("", ".", "..") or len(part.encode("utf-8")) > 255:
             raise HeaderFailure("bad manifest name")
     return name
 
@@ -334,9 +356,11 @@ def parse_manifest(plain: bytes, payload_length: int) -> list[tuple[str, int, in
     for row in rows:
         if not isinstance(row, list) or len(row) != 4:
             raise HeaderFailure("manifest row")
-        name, offset, size = check_name(row[0]), row[1], row[2]
+        name, offset, size, executable = check_name(row[0]), row[1], row[2], row[3]
         if type(offset) is not int or type(size) is not int or offset < end or size < 0:
             raise HeaderFailure("manifest range")
+        if type(executable) is not int or executable not in (0, 1):  # not true, 1.0 or 2
+            raise HeaderFailure("manifest executable flag")
         if offset + size > payload_length:
             raise HeaderFailure("manifest range")
         end = offset + size

@@ -213,10 +213,14 @@ class _Reader:
         return self.data[self.pos :]
 
 
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")  # NaN / Infinity: Python accepts them, RFC 8259 does not
+
+
 def check_metadata(data: bytes) -> None:
     """Public metadata is a UTF-8 JSON object; anything else is a malformed header."""
     try:
-        doc = json.loads(data.decode("utf-8"))
+        doc = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError):
         raise FormatError("malformed header: metadata is not UTF-8 JSON") from None
     if not isinstance(doc, dict):

@@ -8,6 +8,7 @@ second argument names the device slot (the qaic device number) the key belongs t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from hashlib import sha256
@@ -24,12 +25,19 @@ from ..format.keys import FILE_KEY_SIZES
 STANZA_TYPE = "x25519"
 ENC_SIZE = 32
 MAX_SLOT = 64
+_SLOT = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _INFO = b"modelseal/v1 x25519"
 _SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 
 
 def public_bytes(key: X25519PublicKey) -> bytes:
     return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def check_slot(slot: str) -> None:
+    """Device slots are short plain labels (they also name wrap-mek's deviceN folders)."""
+    if not _SLOT.fullmatch(slot):
+        raise UsageError(f"a device slot is 1 to {MAX_SLOT} characters of A-Z a-z 0-9 . _ -, not {slot!r}")
 
 
 def slot_of(stanza: Stanza) -> str | None:
@@ -54,8 +62,8 @@ class X25519Recipient:
     slot: str | None = None
 
     def __post_init__(self) -> None:
-        if self.slot is not None and not 0 < len(self.slot.encode()) <= MAX_SLOT:
-            raise UsageError(f"a device slot label has 1 to {MAX_SLOT} bytes")
+        if self.slot is not None:
+            check_slot(self.slot)
 
     @property
     def fingerprint(self) -> bytes:
