@@ -210,7 +210,7 @@ def test_device_slots_round_trip_and_config_must_agree(tmp_path: Path, mek: byte
     config = json.loads((tmp_path / "w" / "config.json").read_text())
     config["devices"][0]["device"] = "7"
     (tmp_path / "w" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(modelseal.KeyFileError, match="config.json says device"):
+    with pytest.raises(modelseal.KeyFileError, match=r"config\.json says device"):
         modelseal.load_wrapped_meks([tmp_path / "w"])
     assert folder.name == f"device{long_slot}"
     for bad in ("", " 2", "../x", "a/b", "x" * 65):
