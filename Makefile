@@ -3,36 +3,57 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-stamp
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check
+DEMO_STAMP := $(VENV)/.demo-stamp
+TEST_STAMP := $(VENV)/.test-stamp
+# Everything the test suite exercises: runtimes, Crypto-fs, the demo model.
+TEST_EXTRAS := dev,demo,onnxruntime,openvino,torch,safetensors,cfs
 
-.PHONY: demo test test-slow lint typecheck bench vectors clean
+.PHONY: demo test test-slow lint typecheck system-deps bench vectors clean
 
-$(STAMP): pyproject.toml
+$(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,demo]'
-	touch $(STAMP)
 
-demo: $(STAMP)
+$(DEMO_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PIP) -e '.[dev,demo]'
+	touch $@
+
+# Debian packages that Python packages build against (pyfuse3 needs libfuse3) or tests run
+# (fusermount3). Installed when missing and we are root; otherwise say what to install.
+system-deps:
+	@if ! pkg-config --exists fuse3 2>/dev/null || ! command -v fusermount3 >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libfuse3-dev fuse3 pkg-config gcc >/dev/null; \
+	  else \
+	    echo "missing system packages: sudo apt-get install libfuse3-dev fuse3 pkg-config gcc"; exit 1; \
+	  fi; \
+	fi
+
+$(TEST_STAMP): pyproject.toml | $(VENV)/bin/python system-deps
+	$(PIP) -e '.[$(TEST_EXTRAS)]'
+	touch $@
+
+demo: $(DEMO_STAMP)
 	$(BIN)/python scripts/demo.py
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check src tests bench scripts
 
-typecheck: $(STAMP)
+typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
 
 test: lint typecheck
 	$(BIN)/pytest -q
 
 # Long variants (multi-GiB models); CI runs them after `make test`.
-test-slow: $(STAMP)
+test-slow: $(TEST_STAMP)
 	$(BIN)/pytest -q -m slow
 
-vectors: $(STAMP)
+vectors: $(DEMO_STAMP)
 	$(BIN)/python scripts/gen_vectors.py
 
-bench: $(STAMP)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[bench]'
+bench: $(TEST_STAMP)
+	$(PIP) -e '.[bench]'
 	$(BIN)/python bench/bench_open.py
 	$(BIN)/python bench/bench_peers.py
 	$(BIN)/python bench/bench_rewrap.py

@@ -10,8 +10,23 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import mmap
+from typing import Protocol
 
 _PAGE = mmap.PAGESIZE
+
+
+class PlainSink(Protocol):
+    """Where open() decrypts a payload: PlainBuffer, or a runtime loader's own (opening.open_into)."""
+
+    @property
+    def view(self) -> memoryview: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def export(self, start: int, stop: int) -> memoryview: ...
+
+    def close(self) -> None: ...
 
 
 class PlainBuffer:

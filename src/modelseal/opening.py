@@ -7,7 +7,7 @@ import hmac
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -22,7 +22,7 @@ from .format import manifest
 from .format.header import PREAMBLE_SIZE, Header, parse_header, parse_preamble
 from .format.manifest import Manifest, ManifestEntry
 from .format.stream import PayloadCipher
-from .memory import PlainBuffer
+from .memory import PlainBuffer, PlainSink
 from .payload import decrypt_stream, hash_stream
 from .progress import Progress, no_progress
 from .recipients import Identity
@@ -87,7 +87,7 @@ def _manifest(header: Header, unlocked: Unlocked) -> Manifest:
 class SealedModel:
     """An opened sealed model: its files in one private anonymous mapping, zeroized on close()."""
 
-    def __init__(self, header: Header, contents: Manifest, plain: PlainBuffer) -> None:
+    def __init__(self, header: Header, contents: Manifest, plain: PlainSink) -> None:
         self._header = header
         self._entries = {e.name: e for e in contents.entries}
         self.is_folder = contents.folder
@@ -154,12 +154,29 @@ def open(
     progress: Progress = no_progress,
 ) -> SealedModel:
     """Authenticate and decrypt a sealed model into memory. Nothing is released unless every check passes."""
+    return open_into(path, identity, signer=signer, progress=progress)
+
+
+def open_into(
+    path: str | os.PathLike[str],
+    identity: Identities,
+    *,
+    signer: Ed25519PublicKey | None = None,
+    progress: Progress = no_progress,
+    allocate: Callable[[Manifest, int], PlainSink] | None = None,
+) -> SealedModel:
+    """open(), letting a runtime loader choose where the plaintext goes (private: modelseal.runtimes).
+
+    ``allocate(manifest, payload_length)`` runs once the header and manifest are authenticated and
+    before any chunk is decrypted; the sink it returns is zeroized by close() like a PlainBuffer.
+    """
     with open_sealed_file(path) as f:
         header = read_header(f)
         unlocked = unlock(header, identity)
         check_size(f, header)
         contents = _manifest(header, unlocked)
-        plain = PlainBuffer(header.core.payload_length)
+        size = header.core.payload_length
+        plain = PlainBuffer(size) if allocate is None else allocate(contents, size)
         try:
             _decrypt_payload(f, header, unlocked, plain.view, signer, progress)
         except BaseException:

@@ -1,0 +1,109 @@
+"""ONNX Runtime: an InferenceSession from a sealed model, plaintext in memory only.
+
+    from modelseal.runtimes.onnxruntime import load_session
+    session = load_session("model.mseal", modelseal.MEK(mek), providers=["CPUExecutionProvider"])
+
+A sealed single ``.onnx`` file is decrypted straight into the storage of a fresh ``bytes`` object
+(ONNX Runtime accepts nothing else; see ``_pybytes``), handed to ``InferenceSession``, and zeroized as
+soon as the session is built: ORT keeps its own parsed copy, and the plaintext mapping is gone when
+this function returns. A sealed folder with one ``.onnx`` and its external data files gives the
+data files to ORT as in-memory buffers (``add_external_initializers_from_files_in_memory``): nothing
+is written anywhere. Install with ``pip install 'modelseal[onnxruntime]'``.
+
+The returned session cannot be re-created from the model bytes (they are zeroized), so provider
+fallback and ``set_providers`` are disabled on it: build a new session to change providers. If you pass
+``sess_options``, the in-memory external data is registered on it: do not reuse it for another session.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from typing import Any, NoReturn
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from ..errors import UsageError
+from ..format.manifest import Manifest
+from ..memory import PlainBuffer, PlainSink
+from ..opening import Identities, open_into
+from . import _pybytes
+from ._common import pick, relative_to_folder, require
+
+__all__ = ["load_session"]
+
+
+def load_session(
+    path: str | os.PathLike[str],
+    identity: Identities,
+    *,
+    signer: Ed25519PublicKey | None = None,
+    model: str | None = None,
+    **session_kwargs: Any,
+) -> Any:
+    """Open ``path`` and build an ``onnxruntime.InferenceSession`` from memory.
+
+    ``model`` names the ``.onnx`` file inside a sealed folder (default: the only one).
+    ``session_kwargs`` go to ``InferenceSession`` (``sess_options``, ``providers``, ...).
+    """
+    ort = require("onnxruntime", "onnxruntime")
+    chosen: list[str] = []
+    direct: list[_pybytes.BytesBuffer] = []
+
+    def allocate(contents: Manifest, size: int) -> PlainSink:
+        name = pick(contents.entries, (".onnx",), model, "ONNX model")
+        chosen.append(name)
+        entry = next(e for e in contents.entries if e.name == name)
+        if len(contents.entries) == 1 and entry.offset == 0 and entry.size == size and _pybytes.supported():
+            direct.append(_pybytes.BytesBuffer(size))
+            return direct[0]
+        return PlainBuffer(size)
+
+    sealed = open_into(path, identity, signer=signer, allocate=allocate)
+    graph: _pybytes.BytesBuffer | None = None
+    try:
+        name = chosen[0]
+        if direct:
+            model_bytes = direct[0].obj
+        elif _pybytes.supported():
+            graph = _pybytes.BytesBuffer.copy_of(sealed.read(name))
+            model_bytes = graph.obj
+        else:
+            model_bytes = bytes(sealed.read(name))  # no in-place fill here: an unzeroizable copy
+        options = session_kwargs.pop("sess_options", None)
+        folder = posixpath.dirname(name)
+        external = [
+            (rel, e)
+            for e in sealed.entries()
+            if e.name != name and (rel := relative_to_folder(e.name, folder))
+        ]
+        if external:
+            if options is None:
+                options = ort.SessionOptions()
+            if not hasattr(options, "add_external_initializers_from_files_in_memory"):
+                raise UsageError(
+                    "this onnxruntime cannot take external data from memory: upgrade onnxruntime"
+                )
+            # Measured (ORT 1.31, CPU): the session copies these initializers while it is built,
+            # so the buffers may be zeroized right after; tests/runtimes check the outputs after that.
+            options.add_external_initializers_from_files_in_memory(
+                [rel for rel, _ in external],
+                [sealed.read(e.name) for _, e in external],
+                [e.size for _, e in external],
+            )
+        session = ort.InferenceSession(model_bytes, sess_options=options, **session_kwargs)
+        del model_bytes
+        # The session keeps the model bytes only to rebuild itself on a provider fallback; they are
+        # about to be zeroized, so a rebuild must never happen.
+        session.disable_fallback()
+        session._model_bytes = None
+        session.set_providers = _cannot_rebuild
+        return session
+    finally:
+        if graph is not None:
+            graph.close()
+        sealed.close()
+
+
+def _cannot_rebuild(*args: Any, **kwargs: Any) -> NoReturn:
+    raise UsageError("a session from a sealed model cannot be rebuilt: call load_session again")
