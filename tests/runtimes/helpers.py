@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from leaks import contains
 
 
 def need(module: str) -> Any:
@@ -46,19 +47,6 @@ def _stats(roots: Iterable[Path]) -> dict[Path, tuple[int, int, int]]:
     return found
 
 
-def _contains(path: Path, needle: bytes) -> bool:
-    try:
-        with path.open("rb") as f:
-            tail = b""
-            while block := f.read(8 << 20):
-                if needle in tail + block:
-                    return True
-                tail = block[-(len(needle) - 1) :]
-    except OSError:
-        return False
-    return False
-
-
 class PlaintextScan:
     """Finds files created or changed since it was made that contain a slice of a model's plaintext.
 
@@ -78,7 +66,7 @@ class PlaintextScan:
             for p, st in _stats(self.roots).items()
             if self.before.get(p) != st and p.resolve() not in exclude
         ]
-        leaks = [p for p in changed if _contains(p, needle)]
+        leaks = [p for p in changed if contains(p, needle)]
         assert not leaks, f"plaintext of the model found in files: {leaks}"
 
 

@@ -30,6 +30,7 @@ EXIT_CODES = """exit codes:
   7  output error (exists, unsafe path, disk)
   8  not enough header room for an in-place rewrap
   9  an optional part is not installed (the message names the pip extra)
+  10 crypto-fs error (no FUSE, mount refused, --require-mlock refused)
   130 interrupted
 """
 
@@ -502,6 +503,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", required=True, metavar="DIR")
     p.add_argument("-f", "--force", action="store_true")
     p.set_defaults(func=cmd_replace_mek)
+
+    from .cfs import add_commands as add_cfs_commands  # here: cli.cfs imports helpers from this module
+
+    add_cfs_commands(add)
     return parser
 
 
@@ -509,7 +514,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        # A command may return an exit code of its own (cfs run passes on its child's).
+        code = args.func(args)
     except modelseal.ModelSealError as e:
         if args.verbose:
             raise
@@ -525,7 +531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"modelseal: error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr
         )
         return 1
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":
