@@ -57,6 +57,9 @@ bench: $(TEST_STAMP)
 	$(BIN)/python bench/bench_open.py
 	$(BIN)/python bench/bench_peers.py
 	$(BIN)/python bench/bench_rewrap.py
+	$(BIN)/python bench/bench_runtimes.py
+	@if [ "$$(id -u)" = 0 ] && command -v gocryptfs >/dev/null; then $(BIN)/python bench/bench_cfs.py; \
+	  else echo "bench_cfs skipped: needs root and gocryptfs (apt-get install gocryptfs)"; fi
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis demo-output
