@@ -145,7 +145,7 @@ def main() -> int:
                 args.reps,
                 {
                     "plain InferenceSession(path)": lambda: ort.InferenceSession(str(plain)),
-                    "sealed load_session (decrypt into bytes)": lambda: sealed_ort.load_session(
+                    "sealed load_session (memfd path)": lambda: sealed_ort.load_session(
                         sealed, identity
                     ),
                     "sealed open + bytes(view) copy (reference)": with_copy,

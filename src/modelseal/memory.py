@@ -15,6 +15,15 @@ from typing import Protocol
 _PAGE = mmap.PAGESIZE
 
 
+def zero_fill(mapping: mmap.mmap) -> None:
+    """Overwrite a whole mapping with zeros in place (memset: no temporary buffer of its size)."""
+    holder = ctypes.c_char.from_buffer(mapping)
+    try:
+        ctypes.memset(ctypes.addressof(holder), 0, len(mapping))
+    finally:
+        del holder
+
+
 class PlainSink(Protocol):
     """Where open() decrypts a payload: PlainBuffer, or a runtime loader's own (opening.open_into)."""
 
@@ -66,11 +75,7 @@ class PlainBuffer:
     def zeroize(self) -> None:
         if self._view is None:
             return
-        holder = ctypes.c_char.from_buffer(self._map)
-        try:
-            ctypes.memset(ctypes.addressof(holder), 0, len(self._map))
-        finally:
-            del holder
+        zero_fill(self._map)
 
     def close(self) -> None:
         """Zeroize, release every view handed out, and unmap (deferred if a caller still holds one)."""

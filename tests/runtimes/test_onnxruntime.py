@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,6 @@ import numpy as np
 import pytest
 
 import modelseal
-from modelseal.runtimes import _pybytes
 from modelseal.runtimes import onnxruntime as sealed_ort
 
 from .helpers import PlaintextScan, Recorder, TorchModels, need, tamper
@@ -52,12 +52,13 @@ def test_single_file_matches_plaintext_and_leaves_nothing(
     x = {"x": torch_models.inputs}
     np.testing.assert_allclose(session.run(None, x)[0], plain.run(None, x)[0], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(session.run(None, x)[0], torch_models.expected, rtol=1e-4, atol=1e-5)
-    # ORT got the decrypted bytes object itself (no copy), and it is all zeros now.
-    assert _pybytes.supported()
+    # ORT read a frozen memfd through /proc/self/fd (no plaintext file), closed once it was built.
     given = spy.models[0]
-    assert isinstance(given, bytes) and len(given) == torch_models.onnx.stat().st_size
-    assert given == bytes(len(given))
-    assert session._model_bytes is None
+    assert isinstance(given, str) and given.startswith("/proc/self/fd/")
+    fd = int(given.rsplit("/", 1)[1])
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed (unless the number was reused, which nothing here does)
+    assert session._model_bytes is None and session._model_path is None
     plaintext_scan.assert_absent(torch_models.onnx.read_bytes(), torch_models.originals())
 
 
