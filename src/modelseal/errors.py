@@ -86,3 +86,9 @@ class RuntimeUnavailableError(ModelSealError):
 
     def __init__(self, module: str, extra: str) -> None:
         super().__init__(f"{module} is not installed: pip install 'modelseal[{extra}]'")
+
+
+class MemoryLockError(ModelSealError):
+    """Locking plaintext in RAM (mlock) was required but the kernel refused it."""
+
+    exit_code = 10

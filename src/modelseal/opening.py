@@ -7,11 +7,12 @@ import hmac
 import io
 import json
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -22,6 +23,7 @@ from .format import manifest
 from .format.header import PREAMBLE_SIZE, Header, parse_header, parse_preamble
 from .format.manifest import Manifest, ManifestEntry
 from .format.stream import PayloadCipher
+from .memlock import LockPolicy
 from .memory import PlainBuffer, PlainSink
 from .payload import decrypt_stream, hash_stream
 from .progress import Progress, no_progress
@@ -91,6 +93,7 @@ class SealedModel:
         self._header = header
         self._entries = {e.name: e for e in contents.entries}
         self.is_folder = contents.folder
+        self.locked = False  # True when the plaintext is mlocked (see open(mlock=...))
         self._plain = plain
         self.metadata: dict[str, Any] = json.loads(header.core.metadata or b"{}")
 
@@ -151,10 +154,24 @@ def open(
     identity: Identities,
     *,
     signer: Ed25519PublicKey | None = None,
+    mlock: bool | Literal["require"] = False,
     progress: Progress = no_progress,
 ) -> SealedModel:
-    """Authenticate and decrypt a sealed model into memory. Nothing is released unless every check passes."""
-    return open_into(path, identity, signer=signer, progress=progress)
+    """Authenticate and decrypt a sealed model into memory. Nothing is released unless every check passes.
+
+    ``mlock=True`` locks the plaintext in RAM before decrypting into it, so it can never be swapped
+    to disk; if the kernel refuses (RLIMIT_MEMLOCK, no CAP_IPC_LOCK) a RuntimeWarning says so and the
+    model opens unlocked. ``mlock="require"`` turns that refusal into a MemoryLockError, raised
+    before any chunk is decrypted. ``SealedModel.locked`` tells which happened.
+    """
+    lock = None
+    if mlock:
+        lock = LockPolicy(require=mlock == "require", notice=_warn, require_hint='mlock="require"')
+    return open_into(path, identity, signer=signer, progress=progress, lock=lock)
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
 def open_into(
@@ -164,6 +181,7 @@ def open_into(
     signer: Ed25519PublicKey | None = None,
     progress: Progress = no_progress,
     allocate: Callable[[Manifest, int], PlainSink] | None = None,
+    lock: LockPolicy | None = None,
 ) -> SealedModel:
     """open(), letting a runtime loader choose where the plaintext goes (private: modelseal.runtimes).
 
@@ -176,13 +194,19 @@ def open_into(
         check_size(f, header)
         contents = _manifest(header, unlocked)
         size = header.core.payload_length
+        # A required lock that cannot fit fails here, before any allocation or decryption.
+        want_lock = lock is not None and lock.precheck(size)
         plain = PlainBuffer(size) if allocate is None else allocate(contents, size)
         try:
+            if want_lock and lock is not None:
+                lock.lock([plain.view])
             _decrypt_payload(f, header, unlocked, plain.view, signer, progress)
         except BaseException:
             plain.close()
             raise
-    return SealedModel(header, contents, plain)
+    model = SealedModel(header, contents, plain)
+    model.locked = lock is not None and lock.locked
+    return model
 
 
 def _decrypt_payload(

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from privileges import drop_ipc_lock
 
 from .conftest import (
     CHUNK,
@@ -27,7 +28,6 @@ from .conftest import (
     Mount,
     Sealed,
     cli,
-    drop_ipc_lock,
     files_containing,
     fuse_skip_reason,
     mounted,

@@ -13,11 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
+from privileges import drop_ipc_lock
 
 import modelseal
 from modelseal import cfs
 
-from .conftest import MiB, Sealed, cli, drop_ipc_lock, files_containing, scan_roots, seal_file
+from .conftest import MiB, Sealed, cli, files_containing, scan_roots, seal_file
 
 # Runs as the child: checks what it was given and reports as JSON on stdout.
 CHILD = textwrap.dedent(

@@ -12,7 +12,8 @@ import pytest
 
 import modelseal
 from modelseal import memfd
-from modelseal.cfs import CfsError, LockPolicy, _lock, check_layout
+from modelseal import memlock as _lock
+from modelseal.cfs import LockPolicy, check_layout
 
 
 def test_sealed_memfd_holds_the_bytes_and_refuses_every_change() -> None:
@@ -65,7 +66,7 @@ def test_lock_policy(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not LockPolicy(notice=notices.append).precheck(1 << 30)
     assert "RLIMIT_MEMLOCK is 8 MiB" in notices[0] and "1.0 GiB" in notices[0]
     assert "--require-mlock" in notices[0]
-    with pytest.raises(CfsError, match="mlock"):
+    with pytest.raises(modelseal.MemoryLockError, match="mlock"):
         LockPolicy(require=True).precheck(1 << 30)
 
     def refuse(view: memoryview) -> None:

@@ -14,6 +14,7 @@ EXPECTED = {
     "Inspection",
     "IntegrityError",
     "KeyFileError",
+    "MemoryLockError",
     "ModelSealError",
     "NoMatchingIdentityError",
     "OutputError",

@@ -36,7 +36,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..errors import RuntimeUnavailableError, UsageError
-from ._lock import LockPolicy, default_notice, set_not_dumpable
+from ..memlock import LockPolicy, default_notice, set_not_dumpable
 from ._models import CACHE_MODES, LAYOUTS, CacheMode, Identities, Layout, PathLike, check_layout
 from ._run import run
 from .errors import CfsError

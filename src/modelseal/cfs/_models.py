@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 import modelseal
 from modelseal import Identity, SealedModel, UsageError
 
-from ._lock import LockPolicy
+from ..memlock import LockPolicy
 
 Layout = Literal["merge", "per-model"]
 LAYOUTS: tuple[Layout, ...] = ("merge", "per-model")

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .. import memfd
 from ..errors import UsageError
-from ._lock import LockPolicy
+from ..memlock import LockPolicy
 from ._models import Identities, Layout, PathLike, open_models
 from .errors import CfsError
 

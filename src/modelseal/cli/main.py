@@ -30,7 +30,7 @@ EXIT_CODES = """exit codes:
   7  output error (exists, unsafe path, disk)
   8  not enough header room for an in-place rewrap
   9  an optional part is not installed (the message names the pip extra)
-  10 crypto-fs error (no FUSE, mount refused, --require-mlock refused)
+  10 crypto-fs or memory-lock error (no FUSE, mount refused, mlock required but refused)
   130 interrupted
 """
 

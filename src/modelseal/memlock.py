@@ -1,7 +1,7 @@
 """mlock for plaintext views, and the policy that says what happens when the kernel refuses.
 
-Kept here rather than in modelseal.memory so the CFS can lock views it received from
-``SealedModel.read()`` (read-only memoryviews, whose address ctypes.from_buffer cannot take).
+Works on any view, read-only included (``SealedModel.read()`` windows, whose address
+ctypes.from_buffer cannot take), so open() and Crypto-fs lock the same way.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .errors import CfsError
+from .errors import MemoryLockError
 
 _CAP_IPC_LOCK = 14
 _PR_SET_DUMPABLE = 4
@@ -117,6 +117,7 @@ class LockPolicy:
     require: bool = False
     notice: Callable[[str], None] = default_notice
     locked: bool = False
+    require_hint: str = "--require-mlock"
 
     def _refused(self, detail: str) -> None:
         text = (
@@ -124,8 +125,8 @@ class LockPolicy:
             "Raise the limit (ulimit -l, systemd LimitMEMLOCK=) or grant CAP_IPC_LOCK"
         )
         if self.require:
-            raise CfsError(text)
-        self.notice(text + "; --require-mlock makes this fatal")
+            raise MemoryLockError(text)
+        self.notice(text + f"; {self.require_hint} makes this fatal")
 
     def precheck(self, needed: int) -> bool:
         """Before any decryption: refuse early under --require-mlock if the limit cannot fit."""
