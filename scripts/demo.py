@@ -1,15 +1,17 @@
 """`make demo`: the main job end to end on a real small model.
 
 Trains a small scikit-learn classifier, converts it to ONNX, seals it (MEK + a device's X25519
-identity, owner-signed), checks it without a key, opens it in memory only, runs ONNX Runtime on the
-decrypted bytes and shows the outputs equal the plaintext model's; then flips one byte and shows
-the tampered model is refused. Everything lands in demo-output/ (the plaintext .onnx stays there as
-the owner's original; the edge side never writes plaintext).
+identity, owner-signed), checks it without a key, loads it into ONNX Runtime from memory only
+(modelseal.runtimes.onnxruntime) and shows the outputs equal the plaintext model's; then flips one
+byte and shows the tampered model is refused. Everything lands in demo-output/ (the plaintext
+.onnx stays there as the owner's original; the edge side never writes plaintext).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import sys
 import time
 import warnings
@@ -23,8 +25,9 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
 import modelseal
+from modelseal.runtimes.onnxruntime import load_session
 
-OUT = Path(__file__).resolve().parent.parent / "demo-output"
+OUT = Path(os.environ.get("MODELSEAL_DEMO_OUT") or Path(__file__).resolve().parent.parent / "demo-output")
 
 
 def step(text: str) -> None:
@@ -87,15 +90,14 @@ def main() -> int:
     modelseal.verify(sealed, signer=signer.public_key())
     print("owner signature and payload digest: valid")
 
-    step("device: open in memory with its identity and run inference")
+    step("device: load the sealed model into ONNX Runtime from memory and run inference")
     t0 = time.perf_counter()
-    with modelseal.open(
-        sealed, modelseal.load_identity(OUT / "device.key"), signer=signer.public_key()
-    ) as model:
-        view = model.read()
-        # ONNX Runtime takes a path or bytes; bytes() copies the plaintext once, in memory only.
-        session = ort.InferenceSession(bytes(view), providers=["CPUExecutionProvider"])
-    print(f"opened and loaded in {1000 * (time.perf_counter() - t0):.1f} ms; the mapping is zeroized now")
+    session = load_session(
+        sealed, modelseal.load_identity(OUT / "device.key"), signer=signer.public_key(),
+        providers=["CPUExecutionProvider"],
+    )
+    print(f"authenticated, decrypted and loaded in {1000 * (time.perf_counter() - t0):.1f} ms;"
+          " the plaintext was in memory only and is zeroized now")
     sealed_out = run(session, x)
     plain_out = run(ort.InferenceSession(str(plain), providers=["CPUExecutionProvider"]), x)
     print(f"predicted labels (sealed):    {sealed_out[0].tolist()}")
@@ -103,6 +105,22 @@ def main() -> int:
     same = all(np.array_equal(a, b) for a, b in zip(sealed_out, plain_out, strict=True))
     print(f"outputs identical to the plaintext model's: {same}")
     if not same:
+        return 1
+
+    step("container: an unmodified app reads the model as a plain file via `modelseal cfs run`")
+    app = (
+        "import os, sys, numpy as np, onnxruntime as ort;"
+        "s = ort.InferenceSession(os.environ['MODELSEAL_FILE'], providers=['CPUExecutionProvider']);"
+        "x = np.load(sys.argv[1]); y = s.run(None, {s.get_inputs()[0].name: x})[0];"
+        "print('app saw', os.environ['MODELSEAL_FILE'], '->', y.tolist())"
+    )
+    np.save(OUT / "inputs.npy", x)
+    cmd = [sys.executable, "-m", "modelseal", "cfs", "run", str(sealed), "-i", str(OUT / "device.key"),
+           "--", sys.executable, "-c", app, str(OUT / "inputs.npy")]
+    child = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    print(child.stdout.strip() or child.stderr.strip())
+    if child.returncode != 0 or str(plain_out[0].tolist()) not in child.stdout:
+        print("ERROR: the app under cfs run did not get the plaintext model's outputs")
         return 1
 
     step("attacker: flip one byte of the sealed payload")
