@@ -7,7 +7,7 @@ PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 DEMO_STAMP := $(VENV)/.demo-stamp
 TEST_STAMP := $(VENV)/.test-stamp
 # Everything the test suite exercises: runtimes, Crypto-fs, the demo model.
-TEST_EXTRAS := dev,demo,onnxruntime,openvino,torch,safetensors,cfs
+TEST_EXTRAS := dev,demo,onnxruntime,openvino,torch,safetensors,cfs,device,vault
 
 .PHONY: demo test test-slow lint typecheck system-deps bench vectors clean
 
