@@ -6,14 +6,11 @@ import argparse
 import os
 import pwd
 import sys
-from collections.abc import Callable
 
 import modelseal
 from modelseal import cfs
 
-from .main import CliError, _identities, _identity_args
-
-AddParser = Callable[[str, str, str], argparse.ArgumentParser]
+from .main import AddParser, CliError, _identities, _identity_args, add_command
 
 RUN_USAGE = "modelseal cfs run SEALED... [-i IDENTITY]... [options] -- CMD [ARGS...]"
 
@@ -138,17 +135,7 @@ def add_commands(add: AddParser) -> None:
     sub = top.add_subparsers(dest="cfs_command", required=True, metavar="COMMAND")
 
     def add_sub(name: str, help_text: str, example: str, **kw: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(
-            name,
-            help=help_text,
-            description=help_text,
-            epilog=f"example:\n  {example}",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-            **kw,  # type: ignore[arg-type]
-        )
-        p.add_argument("-v", "--verbose", action="store_true", help="show a traceback on errors")
-        p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-        return p
+        return add_command(sub, name, help_text, example, **kw)
 
     p = add_sub(
         "mount",

@@ -10,7 +10,7 @@ import argparse
 import getpass
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,12 @@ EXIT_CODES = """exit codes:
   8  not enough header room for an in-place rewrap
   9  an optional part is not installed (the message names the pip extra)
   10 crypto-fs or memory-lock error (no FUSE, mount refused, mlock required but refused)
+  11 device error (card unreachable or refused; attestation report rejected)
+  12 key service (vault) error
+  13 vault: permission denied (no, unknown or revoked token; role not allowed)
+  14 vault: key not found
+  15 vault sealed or unreachable
+  16 vault audit chain broken
   130 interrupted
 """
 
@@ -91,8 +97,14 @@ def _identities(args: argparse.Namespace, required: bool = True) -> list[Identit
     pw = _passphrase(args, confirm=False)
     if pw is not None:
         found.append(modelseal.Passphrase(pw))
+    if getattr(args, "vault", None):
+        from .vault import vault_identity
+
+        found.append(vault_identity(args))
     if required and not found:
-        raise CliError("give at least one identity (-i FILE) or a passphrase (--passphrase-file F)")
+        raise CliError(
+            "give an identity (-i FILE), a passphrase (--passphrase-file F) or a vault (--vault URL)"
+        )
     return found
 
 
@@ -152,6 +164,15 @@ def cmd_seal(args: argparse.Namespace) -> None:
     if pw is not None:
         recipients.append(modelseal.Passphrase(pw, log_n=args.scrypt_log_n))
     mek = modelseal.load_mek(args.mek) if args.mek else None
+    if args.vault_key:
+        from .vault import seal_recipient
+
+        if mek is not None:
+            raise CliError("--mek and --vault-key both choose the file key: give one")
+        vault_recipient = seal_recipient(args)
+        mek, recipients = modelseal.MEK(vault_recipient.data_key), [*recipients, vault_recipient]
+    elif args.vault or args.vault_token_file or args.vault_ca:
+        raise CliError("--vault, --vault-token-file and --vault-ca need --vault-key NAME")
     signer = modelseal.load_signer(args.sign) if args.sign else None
     src = Path(args.input)
     with bar("sealing", _source_size(src) if src.exists() else 0, not args.quiet) as progress:
@@ -309,6 +330,29 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
+AddParser = Callable[[str, str, str], argparse.ArgumentParser]
+
+
+def add_command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help_text: str,
+    example: str,
+    **kwargs: Any,
+) -> argparse.ArgumentParser:
+    """One (sub)command: its help, an example in the epilog, and the common -v/-q flags."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **kwargs,
+    )
+    _common(p)
+    return p
+
+
 def _identity_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-i",
@@ -319,6 +363,9 @@ def _identity_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--passphrase-file", metavar="F", help="read the passphrase from the first line of F")
     p.add_argument("--passphrase", action="store_true", help="prompt for the passphrase")
+    p.add_argument("--vault", metavar="URL", help="let this vault unwrap `vault` stanzas")
+    p.add_argument("--vault-token-file", metavar="F", help="vault token (env MODELSEAL_VAULT_TOKEN_FILE)")
+    p.add_argument("--vault-ca", metavar="CA.pem", help="CA to trust for the vault (env MODELSEAL_VAULT_CA)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -332,15 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_text: str, example: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(
-            name,
-            help=help_text,
-            description=help_text,
-            epilog=f"example:\n  {example}",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        _common(p)
-        return p
+        return add_command(sub, name, help_text, example)
 
     p = add("keygen", "create a random model encryption key (MEK)", "modelseal keygen -o MEK.dat")
     p.add_argument("-o", "--output", required=True, help="MEK file to write (mode 0600)")
@@ -393,6 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--passphrase", action="store_true", help="also seal to a passphrase typed at a prompt")
     p.add_argument("--scrypt-log-n", type=int, default=18, help="scrypt work factor log2(N) (default 18)")
     p.add_argument("--sign", metavar="KEY", help="sign with this owner signer key")
+    p.add_argument("--vault-key", metavar="NAME", help="seal under a new data key from this vault master key")
+    p.add_argument("--vault", metavar="URL", help="vault address (env MODELSEAL_VAULT_ADDR)")
+    p.add_argument("--vault-token-file", metavar="F", help="token file (env MODELSEAL_VAULT_TOKEN_FILE)")
+    p.add_argument("--vault-ca", metavar="CA.pem", help="CA to trust (env MODELSEAL_VAULT_CA)")
     p.add_argument("--chunk-size", type=_size, default=modelseal.DEFAULT_CHUNK_SIZE, help="default 4M")
     p.add_argument(
         "--header-room",
@@ -507,6 +550,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .cfs import add_commands as add_cfs_commands  # here: cli.cfs imports helpers from this module
 
     add_cfs_commands(add)
+    from .device import add_commands as add_device_commands  # same reason as cfs
+
+    add_device_commands(add)
+    from .vault import add_commands as add_vault_commands  # same reason as cfs
+
+    add_vault_commands(add)
     return parser
 
 

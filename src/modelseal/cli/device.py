@@ -1,0 +1,288 @@
+"""`modelseal device serve|attest|verify|load|run|reset|measure`: the qaic attestation flow.
+
+Argparse wiring only, over modelseal.device, which is imported when a command runs so that the
+rest of the CLI works without the `device` extra. `attest` takes the seed's
+QAicRemoteAttestationClient.py flags (--ip, --port, -d, -i, -o, -j).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import modelseal
+from modelseal.errors import UsageError
+
+from .main import AddParser, CliError, add_command
+
+DEFAULT_PORT = 62473  # also modelseal.device.DEFAULT_PORT; repeated so --help needs no grpc import
+
+
+def _notice(message: str) -> None:
+    print(f"modelseal: {message}", file=sys.stderr, flush=True)
+
+
+def _read(path: str, what: str, limit: int = 64 << 10) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise UsageError(f"cannot read {what} {path}: {e.strerror}") from None
+    if len(data) > limit:
+        raise UsageError(f"{what} {path} is larger than {limit} bytes")
+    return data
+
+
+def _write(path: str, data: bytes) -> None:
+    from modelseal.fileio import atomic_write_bytes
+
+    atomic_write_bytes(path, data, 0o644)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from modelseal import device
+
+    key = modelseal.load_signer(args.identity_key)
+    measurement = device.parse_measurement(args.measurement) if args.measurement else None
+    signer = modelseal.load_signer_public(args.signer) if args.signer else None
+
+    def ready(server: Any) -> None:
+        service = server.service
+        # One parseable line: scripts and tests wait for it and read the port (--port 0 picks one).
+        _notice(
+            f"device {service.device_id} listening on {server.host}:{server.port} "
+            f"(session {service.session_counter}, measurement {service.measurement.hex()}, "
+            f"identity {modelseal.ed25519_public_string(key.public_key())})"
+        )
+
+    device.serve(
+        args.device_id,
+        key,
+        host=args.host,
+        port=args.port,
+        measurement=measurement,
+        signer=signer,
+        on_ready=ready,
+        notice=_notice,
+    )
+    _notice(f"device {args.device_id} stopped; its session key is gone")
+
+
+def cmd_attest(args: argparse.Namespace) -> None:
+    from modelseal import device
+
+    request = _read(args.attestation_request, "attestation request")
+    data = device.attest(args.ip, args.port, args.device, request, timeout=args.timeout)
+    _write(args.attestation_report, data)
+    if args.print_json:
+        print(json.dumps(device.Report.from_bytes(data).as_dict(), indent=2))
+    _notice(f"wrote the attestation report of device {args.device} to {args.attestation_report}")
+
+
+def cmd_verify(args: argparse.Namespace) -> None:
+    from modelseal import device
+
+    key = device.verify_report(
+        _read(args.report, "attestation report"),
+        modelseal.load_signer_public(args.device_pub),
+        _read(args.request, "attestation request"),
+        device_id=args.device,
+        measurement=device.parse_measurement(args.measurement) if args.measurement else None,
+        max_age=args.max_age,
+    )
+    key.write(args.output)
+    if args.json:
+        print(json.dumps({"device": key.device_id, "session": key.session_counter, "recipient": key.text}))
+    else:
+        print(key.text)
+    _notice(
+        f"report verified: device {key.device_id}, session {key.session_counter}; "
+        f"wrote its session public key to {args.output}"
+    )
+
+
+def cmd_load(args: argparse.Namespace) -> None:
+    from modelseal import device
+
+    with device.DeviceClient(args.ip, args.port, args.device, timeout=args.timeout) as card:
+        loaded = card.load(args.sealed)
+    print(loaded.handle)
+    _notice(
+        f"device {args.device} loaded {args.sealed} as {loaded.handle} (session {loaded.session_counter}); "
+        f"inputs: {', '.join(f'{i.name} {i.type} {list(i.shape)}' for i in loaded.inputs)}"
+    )
+
+
+def _inputs(values: list[str], loaded: Any) -> dict[str, Any]:
+    import numpy as np
+
+    feeds: dict[str, Any] = {}
+    for value in values:
+        name, sep, path = value.rpartition("=")
+        if not sep:
+            if loaded is None or len(loaded.inputs) != 1:
+                raise CliError(
+                    f"name the input: --input NAME={value} (the model's inputs are not known here)"
+                )
+            name = loaded.inputs[0].name
+        try:
+            feeds[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"cannot read {path} as a .npy array: {e}") from None
+    return feeds
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from modelseal import device
+
+    if (args.sealed is None) == (args.handle is None):
+        raise CliError("give a sealed model to load, or --handle of one already loaded (one of them)")
+    with device.DeviceClient(args.ip, args.port, args.device, timeout=args.timeout) as card:
+        loaded = card.load(args.sealed) if args.sealed else None
+        handle = loaded.handle if loaded else args.handle
+        outputs = card.run(handle, _inputs(args.input, loaded))
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    n: {"dtype": a.dtype.name, "shape": list(a.shape), "data": a.tolist()}
+                    for n, a in outputs.items()
+                }
+            )
+        )
+        return
+    for name, array in outputs.items():
+        print(f"{name}: {array.dtype.name} {list(array.shape)}")
+        print(array)
+
+
+def cmd_reset(args: argparse.Namespace) -> None:
+    from modelseal import device
+
+    with device.DeviceClient(args.ip, args.port, args.device, timeout=args.timeout) as card:
+        counter = card.reset()
+    _notice(f"device {args.device} reset: session {counter}; models must be rewrapped to its new session key")
+
+
+def cmd_measure(args: argparse.Namespace) -> None:
+    from modelseal import device
+
+    print(device.software_measurement().hex())
+
+
+def _card_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ip", default="127.0.0.1", help="host of the card's gRPC server (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"its gRPC port (default {DEFAULT_PORT})")
+    p.add_argument("-d", "--device", type=int, default=0, metavar="ID", help="device id (default 0)")
+    p.add_argument("--timeout", type=float, default=300.0, metavar="S", help="seconds per call (default 300)")
+
+
+def add_commands(add: AddParser) -> None:
+    """Register `device ...` under a `device` command made with main's ``add``."""
+    top = add(
+        "device",
+        "device attestation and the emulated accelerator card (qaic flow; extra: device)",
+        "modelseal device attest --ip 127.0.0.1 -d 0 -i request.dat -o report.dat",
+    )
+    sub = top.add_subparsers(dest="device_command", required=True, metavar="COMMAND")
+
+    def add_sub(name: str, help_text: str, example: str) -> argparse.ArgumentParser:
+        return add_command(sub, name, help_text, example)
+
+    p = add_sub(
+        "serve",
+        "run an emulated card: attests with its identity key, opens models wrapped to its session key",
+        "modelseal device serve --device-id 0 --identity-key dev0.key --port 62473",
+    )
+    p.add_argument("--device-id", type=int, required=True, metavar="N")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}; 0 picks a free one"
+    )
+    p.add_argument(
+        "--identity-key", required=True, metavar="DEV.key", help="Ed25519 identity key (`modelseal signer`)"
+    )
+    p.add_argument("--measurement", metavar="HEX", help="report this value instead of measuring the code")
+    p.add_argument("--signer", metavar="PUB", help="load only models signed by this owner")
+    p.set_defaults(func=cmd_serve)
+
+    p = add_sub(
+        "attest",
+        "ask a card for a signed attestation report over a request (the nonce)",
+        "modelseal device attest --ip 10.0.0.5 -d 0 -i request.dat -o report.dat --print-json",
+    )
+    _card_args(p)
+    p.add_argument(
+        "-i", "--attestation-request", "--attestation_request", required=True, metavar="FILE",
+        help="request bytes (a fresh nonce); the report carries their SHA-256",
+    )  # fmt: skip
+    p.add_argument(
+        "-o", "--attestation-report", "--attestation_report", default="report.dat", metavar="FILE",
+        help="where to write the signed report (default report.dat)",
+    )  # fmt: skip
+    p.add_argument("-j", "--print-json", "--print_json", action="store_true", help="also print it as JSON")
+    p.set_defaults(func=cmd_attest)
+
+    p = add_sub(
+        "verify",
+        "check a report (signature, request, device, measurement, age); write its session public key",
+        "modelseal device verify report.dat --device-pub dev0.pub --request request.dat -o pub0.dat",
+    )
+    p.add_argument("report", metavar="REPORT")
+    p.add_argument("--device-pub", required=True, metavar="DEV.pub", help="the card's identity public key")
+    p.add_argument("--request", required=True, metavar="FILE", help="the request given to `attest`")
+    p.add_argument(
+        "-o", "--output", required=True, metavar="PUB", help="session key file for --pub-keys / -r"
+    )
+    p.add_argument("-d", "--device", type=int, metavar="ID", help="require this device id")
+    p.add_argument("--measurement", metavar="HEX", help="require this software measurement")
+    p.add_argument("--max-age", type=float, default=300.0, metavar="S", help="oldest report accepted (300)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify)
+
+    p = add_sub(
+        "load",
+        "stream a sealed model to a card (it decrypts; the host never does); prints the handle",
+        "modelseal device load --ip 127.0.0.1 -d 0 encryptqpc/model.onnx.mseal",
+    )
+    _card_args(p)
+    p.add_argument("sealed", metavar="MODEL.mseal")
+    p.set_defaults(func=cmd_load)
+
+    p = add_sub(
+        "run",
+        "load a sealed model into a card (or use --handle) and run it on .npy inputs",
+        "modelseal device run --ip 127.0.0.1 -d 0 model.onnx.mseal --input input=x.npy",
+    )
+    _card_args(p)
+    p.add_argument("sealed", nargs="?", metavar="MODEL.mseal")
+    p.add_argument("--handle", help="a model loaded earlier with `device load` (same session)")
+    p.add_argument(
+        "--input",
+        action="append",
+        required=True,
+        metavar="[NAME=]FILE.npy",
+        help="an input tensor; repeatable",
+    )
+    p.add_argument("--json", action="store_true", help="print the outputs as JSON")
+    p.set_defaults(func=cmd_run)
+
+    p = add_sub(
+        "reset",
+        "reset a card: new session key, loaded models dropped",
+        "modelseal device reset --ip 127.0.0.1 -d 2",
+    )
+    _card_args(p)
+    p.set_defaults(func=cmd_reset)
+
+    p = add_sub(
+        "measure",
+        "print the measurement a card running this installation reports (for verify --measurement)",
+        "modelseal device measure",
+    )
+    p.set_defaults(func=cmd_measure)
+
+
+__all__ = ["add_commands"]

@@ -1,0 +1,368 @@
+"""`modelseal vault ...`: run the key service and talk to it (argparse wiring only).
+
+The server side (init, serve, audit verify) works on a data folder; everything else goes through
+the REST API with a token read from a file (--token-file or MODELSEAL_VAULT_TOKEN_FILE), never from
+argv. The vault modules are imported inside the commands: the core CLI must start without the
+`vault` extra installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import modelseal
+from modelseal import Identity
+
+from .main import AddParser, CliError
+
+if TYPE_CHECKING:
+    from modelseal.vault.client import VaultClient
+    from modelseal.vault.recipient import VaultRecipient
+
+DEFAULT_LISTEN = "127.0.0.1:8180"
+
+
+def _need_extra() -> None:
+    try:
+        import httpx  # noqa: F401
+        import sqlalchemy  # noqa: F401
+    except ImportError as e:
+        raise modelseal.RuntimeUnavailableError(e.name or "the vault dependencies", "vault") from None
+
+
+def _client(args: argparse.Namespace, token_required: bool = True) -> VaultClient:
+    _need_extra()
+    from modelseal.vault.client import VaultClient
+
+    return VaultClient.from_settings(args.vault, args.token_file, args.ca, token_required=token_required)
+
+
+def _print(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+def seal_recipient(args: argparse.Namespace) -> VaultRecipient:
+    """For `modelseal seal --vault-key`: a fresh data key from the vault, as MEK + stanza."""
+    _need_extra()
+    from modelseal.vault.client import VaultClient
+    from modelseal.vault.recipient import VaultRecipient
+
+    with VaultClient.from_settings(args.vault, args.vault_token_file, args.vault_ca) as client:
+        return VaultRecipient.prepare(client, args.vault_key)
+
+
+def vault_identity(args: argparse.Namespace) -> Identity:
+    """For unseal/verify/rewrap --vault: the vault unwraps `vault` stanzas (its token decides)."""
+    _need_extra()
+    from modelseal.vault.client import VaultClient
+    from modelseal.vault.recipient import VaultIdentity
+
+    return VaultIdentity(VaultClient.from_settings(args.vault, args.vault_token_file, args.vault_ca))
+
+
+def _listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise CliError(f"--listen takes HOST:PORT, not {text!r}")
+    return host.strip("[]"), int(port)
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> None:
+    _need_extra()
+    from modelseal.vault import datadir
+
+    token = datadir.init(args.data, args.root, args.database)
+    print(
+        f"initialised a vault in {args.data}: root key, database, TLS CA ({args.data}/tls/ca.pem); "
+        f"the first admin token is in {args.data}/{datadir.TOKEN_FILE} and below (shown once):",
+        file=sys.stderr,
+    )
+    print(token)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    _need_extra()
+    from modelseal.vault import datadir
+
+    host, port = _listen(args.listen)
+    if args.insecure_http:
+        print("modelseal: WARNING: serving plain HTTP (--insecure-http): for tests only", file=sys.stderr)
+    datadir.serve(args.data, host, port, database_url=args.database, insecure_http=args.insecure_http)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from modelseal.vault.errors import Unavailable
+
+    with _client(args, token_required=False) as client:
+        health = client.health()
+        try:
+            ready = client.ready()
+        except Unavailable as e:
+            ready = {"status": "not ready", "reason": e.code}
+    _print({"health": health, "ready": ready})
+    return 0 if ready.get("status") == "ready" else 15
+
+
+def cmd_seal_vault(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        client.seal_vault()
+    print("the vault is sealed: key routes answer 503 until it is restarted", file=sys.stderr)
+
+
+def cmd_key_create(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        _print(client.create_key(args.name, args.type))
+
+
+def cmd_key_list(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        _print({"keys": client.list_keys()})
+
+
+def cmd_key_read(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        _print(client.read_key(args.name))
+
+
+def cmd_key_rotate(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        _print(client.rotate_key(args.name))
+
+
+def cmd_key_config(args: argparse.Namespace) -> None:
+    if args.min_decryption_version is None and args.disabled is None:
+        raise CliError("nothing to change: give --min-decryption-version N, --disable or --enable")
+    with _client(args) as client:
+        _print(
+            client.config_key(
+                args.name, min_decryption_version=args.min_decryption_version, disabled=args.disabled
+            )
+        )
+
+
+def cmd_datakey(args: argparse.Namespace) -> None:
+    import base64
+
+    with _client(args) as client:
+        answer = client.datakey(args.name, plaintext=args.mek_out is not None)
+    if args.mek_out is not None and answer.plaintext is not None:
+        modelseal.write_mek(answer.plaintext, args.mek_out)
+    _print(
+        {
+            "key_name": answer.key_name,
+            "key_version": answer.key_version,
+            "wrapped": base64.b64encode(answer.wrapped).decode(),
+        }
+    )
+
+
+def cmd_token_create(args: argparse.Namespace) -> None:
+    import os
+
+    with _client(args) as client:
+        answer = client.create_token(args.role, args.name)
+    token = str(answer.pop("token"))
+    if args.output:
+        try:
+            fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise modelseal.OutputError(f"{args.output} exists") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        print(f"wrote the {args.role} token to {args.output}", file=sys.stderr)
+    else:
+        print(f"{args.role} token (shown once):", file=sys.stderr)
+        print(token)
+    if args.json:
+        _print(answer)
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> None:
+    _need_extra()
+    from modelseal.vault.datadir import DataDir
+    from modelseal.vault.store import make_engine, sqlite_url, verify_audit
+
+    DataDir(Path(args.data)).config()
+    engine = make_engine(args.database or sqlite_url(args.data))
+    try:
+        count = verify_audit(engine)
+    finally:
+        engine.dispose()
+    print(f"audit chain intact: {count} record(s)", file=sys.stderr)
+
+
+# --- parser -------------------------------------------------------------------------------------
+
+
+def add_commands(add: AddParser) -> None:
+    """Register `vault ...` under a `vault` command made with main's ``add``."""
+    top = add(
+        "vault",
+        "the key service: master keys, data keys, tokens, audit (needs the `vault` extra)",
+        "modelseal vault init --data /var/lib/modelseal-vault",
+    )
+    groups = top.add_subparsers(dest="vault_command", required=True, metavar="COMMAND")
+
+    def leaf(
+        sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str, example: str
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=f"example:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            # `--token X` must not pass as an abbreviation of --token-file and send X into an error
+            allow_abbrev=False,
+        )
+        # SUPPRESS: a leaf's default must not overwrite `vault -v` given before the subcommand.
+        p.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="show a traceback on errors",
+        )
+        return p
+
+    def api(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--vault", metavar="URL", help="vault address (env MODELSEAL_VAULT_ADDR)")
+        p.add_argument(
+            "--token-file", metavar="F", help="file holding the token (env MODELSEAL_VAULT_TOKEN_FILE)"
+        )
+        p.add_argument(
+            "--ca", metavar="CA.pem", help="CA to trust, e.g. DIR/tls/ca.pem (env MODELSEAL_VAULT_CA)"
+        )
+        return p
+
+    def data(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--data", required=True, metavar="DIR", help="the vault's data folder")
+        p.add_argument("--database", metavar="URL", help="SQLAlchemy URL (default: SQLite in DIR)")
+        return p
+
+    p = data(
+        leaf(
+            groups,
+            "init",
+            "create a vault: root key, database, TLS certificates, first admin token",
+            "modelseal vault init --data ./vault",
+        )
+    )
+    p.add_argument(
+        "--root", choices=("key-file",), default="key-file", help="root of trust (default key-file)"
+    )
+    p.set_defaults(func=cmd_init)
+
+    p = data(
+        leaf(
+            groups,
+            "serve",
+            "run the vault API (TLS with DIR's certificates)",
+            "modelseal vault serve --data ./vault --listen 127.0.0.1:8180",
+        )
+    )
+    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT", help=f"default {DEFAULT_LISTEN}")
+    p.add_argument(
+        "--insecure-http",
+        action="store_true",
+        help="serve plain HTTP without TLS: for tests only, never deploy",
+    )
+    p.set_defaults(func=cmd_serve)
+
+    p = api(
+        leaf(
+            groups,
+            "status",
+            "show liveness and readiness (exit 15 when not ready)",
+            "modelseal vault status --vault https://127.0.0.1:8180 --ca ./vault/tls/ca.pem",
+        )
+    )
+    p.set_defaults(func=cmd_status)
+
+    p = api(
+        leaf(
+            groups,
+            "seal",
+            "seal the running vault (admin): key routes answer 503 until restart",
+            "modelseal vault seal --token-file admin.token",
+        )
+    )
+    p.set_defaults(func=cmd_seal_vault)
+
+    key = leaf(groups, "key", "manage master keys", "modelseal vault key create models-2026")
+    keys = key.add_subparsers(dest="key_command", required=True, metavar="COMMAND")
+    for name, help_text, func in (
+        ("create", "create a master key (aes256-gcm)", cmd_key_create),
+        ("read", "show a key's metadata (never its material)", cmd_key_read),
+        ("rotate", "add a new version; old versions keep unwrapping", cmd_key_rotate),
+    ):
+        p = api(leaf(keys, name, help_text, f"modelseal vault key {name} models-2026"))
+        p.add_argument("name")
+        if name == "create":
+            p.add_argument("--type", default="aes256-gcm", choices=("aes256-gcm",))
+        p.set_defaults(func=func)
+    p = api(leaf(keys, "list", "list the key names of your domain", "modelseal vault key list"))
+    p.set_defaults(func=cmd_key_list)
+    p = api(
+        leaf(
+            keys,
+            "config",
+            "set min_decryption_version, disable or enable a key",
+            "modelseal vault key config models-2026 --min-decryption-version 2",
+        )
+    )
+    p.add_argument("name")
+    p.add_argument("--min-decryption-version", type=int, metavar="N")
+    state = p.add_mutually_exclusive_group()
+    state.add_argument("--disable", dest="disabled", action="store_const", const=True, default=None)
+    state.add_argument("--enable", dest="disabled", action="store_const", const=False)
+    p.set_defaults(func=cmd_key_config)
+
+    p = api(
+        leaf(
+            groups,
+            "datakey",
+            "a new MEK wrapped under a master key's latest version",
+            "modelseal vault datakey models-2026 --mek-out MEK.dat",
+        )
+    )
+    p.add_argument("name")
+    p.add_argument("--mek-out", metavar="FILE", help="also write the plaintext MEK here (0600; audited)")
+    p.set_defaults(func=cmd_datakey)
+
+    token = leaf(
+        groups, "token", "manage API tokens", "modelseal vault token create --role operator -o op.token"
+    )
+    tokens = token.add_subparsers(dest="token_command", required=True, metavar="COMMAND")
+    p = api(
+        leaf(
+            tokens,
+            "create",
+            "create a token (admin); it is shown once",
+            "modelseal vault token create --role operator -o op.token",
+        )
+    )
+    p.add_argument("--role", required=True, choices=("admin", "operator", "auditor"))
+    p.add_argument("--name", default="", help="a label for the audit trail")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the token to FILE (0600) instead of stdout")
+    p.add_argument("--json", action="store_true", help="also print accessor, role and domain as JSON")
+    p.set_defaults(func=cmd_token_create)
+
+    audit = leaf(groups, "audit", "the audit trail", "modelseal vault audit verify --data ./vault")
+    audits = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
+    p = data(
+        leaf(
+            audits,
+            "verify",
+            "check the audit hash chain in the database; names the first bad record",
+            "modelseal vault audit verify --data ./vault",
+        )
+    )
+    p.set_defaults(func=cmd_audit_verify)

@@ -1,0 +1,377 @@
+"""The emulated accelerator card: a gRPC server that attests, loads sealed models and runs them.
+
+Trust model (the qaic design): the host that talks to the card is untrusted; only the card ever
+holds a file key or plaintext. The card's Ed25519 identity key signs its reports. Its X25519
+session key is made at start and on every Reset, exists only in this process's memory and is never
+exported: a model wrapped to an older session cannot be opened after a reset. Streamed ciphertext
+is spooled into an anonymous memfd (nothing is written to disk) and opened with modelseal's
+open semantics through the ONNX Runtime loader, which decrypts into memory and zeroizes the
+plaintext once ONNX Runtime holds its parsed copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent import futures
+from dataclasses import dataclass, field
+from types import FrameType, TracebackType
+from typing import Any, NoReturn
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from ..errors import FormatError, IntegrityError, ModelSealError, NoMatchingIdentityError, UsageError
+from ..recipients import X25519Identity
+from ..recipients.x25519 import public_bytes
+from . import attestation_pb2 as pb
+from . import tensors
+from .errors import DeviceError
+from .measurement import software_measurement
+from .report import Report, request_digest
+
+DEFAULT_PORT = 62473
+SERVICE = pb.DESCRIPTOR.services_by_name["Device"].full_name
+MAX_MESSAGE = 64 << 20  # Run tensors; models stream in chunks far below this
+MAX_REQUEST = 64 << 10
+DEFAULT_MAX_MODEL = 16 << 30
+MAX_MODELS = 16  # per session: a host cannot exhaust the card's memory with forgotten handles
+NOT_THIS_SESSION = "not wrapped to this device's current session"
+Notice = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(f"modelseal device: {message}", file=sys.stderr, flush=True)
+
+
+class _Refused(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class _Loaded:
+    session: Any  # onnxruntime.InferenceSession
+    counter: int
+
+
+@dataclass
+class _State:
+    session_key: X25519Identity
+    counter: int
+    models: dict[str, _Loaded] = field(default_factory=dict)
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:300]
+
+
+class DeviceService:
+    """The card's logic, independent of the transport (the gRPC handlers call these methods)."""
+
+    def __init__(
+        self,
+        device_id: int,
+        identity_key: Ed25519PrivateKey,
+        *,
+        measurement: bytes | None = None,
+        signer: Ed25519PublicKey | None = None,
+        max_model_size: int = DEFAULT_MAX_MODEL,
+        notice: Notice = _stderr,
+    ) -> None:
+        self.device_id = device_id
+        self._identity_key = identity_key
+        self.measurement = software_measurement() if measurement is None else measurement
+        self._signer = signer
+        self._max_model_size = max_model_size
+        self._notice = notice
+        self._lock = threading.Lock()
+        self._state = _State(X25519Identity.generate(), 1)
+
+    @property
+    def session_counter(self) -> int:
+        return self._state.counter
+
+    def _check_device(self, device_id: int) -> None:
+        if device_id != self.device_id:
+            raise _Refused(
+                grpc.StatusCode.NOT_FOUND, f"no device {device_id} here (this is device {self.device_id})"
+            )
+
+    def attestation_report(self, request: pb.AttestationRequest) -> pb.AttestationReport:
+        self._check_device(request.device_id)
+        if len(request.request) > MAX_REQUEST:
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"attestation request over {MAX_REQUEST} bytes")
+        with self._lock:
+            key, counter = self._state.session_key, self._state.counter
+        report = Report(
+            self.device_id,
+            public_bytes(key.recipient.public_key),
+            request_digest(request.request),
+            self.measurement,
+            counter,
+            int(time.time()),
+        )
+        return report.signed_by(self._identity_key).to_message()
+
+    def load(self, chunks: Iterable[pb.ModelChunk]) -> pb.LoadModelResponse:
+        from ..runtimes.onnxruntime import load_session
+
+        fd = os.memfd_create("modelseal-device-ciphertext", os.MFD_CLOEXEC)
+        try:
+            size = 0
+            first = True
+            for chunk in chunks:
+                if first:
+                    self._check_device(chunk.device_id)
+                    first = False
+                size += len(chunk.data)
+                if size > self._max_model_size:
+                    raise _Refused(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED, f"model larger than {self._max_model_size} bytes"
+                    )
+                view = memoryview(chunk.data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            if size == 0:
+                raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, "no model bytes received")
+            # The session key is read once: a Reset during the load must not mix two sessions.
+            with self._lock:
+                key, counter = self._state.session_key, self._state.counter
+            try:
+                session = load_session(
+                    f"/proc/self/fd/{fd}", key, signer=self._signer, providers=["CPUExecutionProvider"]
+                )
+            except ModelSealError:
+                raise
+            except Exception as e:  # ONNX Runtime's own errors: the model decrypted but is not loadable
+                raise _Refused(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"not a loadable ONNX model: {_one_line(e)}"
+                ) from None
+        finally:
+            os.close(fd)
+        handle = f"s{counter}-{secrets.token_hex(8)}"
+        with self._lock:
+            if self._state.counter != counter:
+                raise _Refused(
+                    grpc.StatusCode.FAILED_PRECONDITION, "device was reset during the load: attest again"
+                )
+            if len(self._state.models) >= MAX_MODELS:
+                raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{MAX_MODELS} models already loaded")
+            self._state.models[handle] = _Loaded(session, counter)
+        self._notice(f"device {self.device_id}: loaded a {size}-byte sealed model as {handle}")
+        return pb.LoadModelResponse(
+            handle=handle,
+            session_counter=counter,
+            inputs=[_info(i) for i in session.get_inputs()],
+            outputs=[_info(o) for o in session.get_outputs()],
+        )
+
+    def run(self, request: pb.RunRequest) -> pb.RunResponse:
+        self._check_device(request.device_id)
+        with self._lock:
+            loaded = self._state.models.get(request.handle)
+        if loaded is None:
+            raise _Refused(
+                grpc.StatusCode.NOT_FOUND, f"no model {request.handle!r} in this session (a reset drops all)"
+            )
+        feeds = {t.name: tensors.decode(t) for t in request.inputs}
+        try:
+            results = loaded.session.run(None, feeds)
+        except Exception as e:  # ORT rejects wrong names, shapes, dtypes with its own exceptions
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"inference failed: {_one_line(e)}") from None
+        names = [o.name for o in loaded.session.get_outputs()]
+        outputs = []
+        for name, value in zip(names, results, strict=True):
+            if isinstance(value, list | dict):
+                raise _Refused(
+                    grpc.StatusCode.UNIMPLEMENTED, f"output {name!r} is a sequence or map, not a tensor"
+                )
+            outputs.append(tensors.encode(name, value))
+        return pb.RunResponse(outputs=outputs)
+
+    def reset(self, request: pb.ResetRequest) -> pb.ResetResponse:
+        self._check_device(request.device_id)
+        with self._lock:
+            old = self._state
+            self._state = _State(X25519Identity.generate(), old.counter + 1)
+        # Dropping the sessions frees ONNX Runtime's copies of the models; the plaintext buffers
+        # modelseal decrypted into were already zeroized when each session was built.
+        dropped = len(old.models)
+        old.models.clear()
+        self._notice(
+            f"device {self.device_id}: reset to session {self._state.counter}, dropped {dropped} model(s)"
+        )
+        return pb.ResetResponse(session_counter=self._state.counter)
+
+
+def _info(node: Any) -> pb.TensorInfo:
+    return pb.TensorInfo(name=node.name, type=str(node.type), shape=[str(d) for d in node.shape or []])
+
+
+def _abort(context: grpc.ServicerContext, error: BaseException) -> NoReturn:
+    code, message = _status(error)
+    context.abort(code, message)
+    raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+
+def _status(error: BaseException) -> tuple[grpc.StatusCode, str]:
+    if isinstance(error, _Refused):
+        return error.code, error.message
+    if isinstance(error, NoMatchingIdentityError):
+        return grpc.StatusCode.FAILED_PRECONDITION, NOT_THIS_SESSION
+    if isinstance(error, IntegrityError):
+        return grpc.StatusCode.DATA_LOSS, error.message
+    if isinstance(error, FormatError | UsageError):
+        return grpc.StatusCode.INVALID_ARGUMENT, error.message
+    if isinstance(error, ModelSealError):
+        return grpc.StatusCode.INTERNAL, error.message
+    return grpc.StatusCode.INTERNAL, "internal device error"
+
+
+def _guard(
+    service: DeviceService, method: Callable[[Any], Any]
+) -> Callable[[Any, grpc.ServicerContext], Any]:
+    def handler(request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(request)
+        except Exception as e:
+            if not isinstance(e, _Refused | ModelSealError):
+                service._notice(
+                    f"device {service.device_id}: internal error: {type(e).__name__}: {_one_line(e)}"
+                )
+            _abort(context, e)
+
+    return handler
+
+
+def generic_handler(service: DeviceService) -> Any:
+    def unary(method: Callable[[Any], Any], request: Any, response: Any) -> Any:
+        return grpc.unary_unary_rpc_method_handler(
+            _guard(service, method),
+            request_deserializer=request.FromString,
+            response_serializer=response.SerializeToString,
+        )
+
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "GetAttestationReport": unary(
+                service.attestation_report, pb.AttestationRequest, pb.AttestationReport
+            ),
+            "LoadModel": grpc.stream_unary_rpc_method_handler(
+                _guard(service, service.load),
+                request_deserializer=pb.ModelChunk.FromString,
+                response_serializer=pb.LoadModelResponse.SerializeToString,
+            ),
+            "Run": unary(service.run, pb.RunRequest, pb.RunResponse),
+            "Reset": unary(service.reset, pb.ResetRequest, pb.ResetResponse),
+        },
+    )
+
+
+class DeviceServer:
+    """A card listening on ``host:port`` (port 0: a free one, see ``.port``); a context manager."""
+
+    def __init__(
+        self,
+        device_id: int,
+        identity_key: Ed25519PrivateKey,
+        *,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        measurement: bytes | None = None,
+        signer: Ed25519PublicKey | None = None,
+        max_model_size: int = DEFAULT_MAX_MODEL,
+        notice: Notice = _stderr,
+        max_workers: int = 4,
+    ) -> None:
+        self.service = DeviceService(
+            device_id,
+            identity_key,
+            measurement=measurement,
+            signer=signer,
+            max_model_size=max_model_size,
+            notice=notice,
+        )
+        self.host = host
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+        ]
+        # so_reuseport off: two cards must never silently share a port.
+        options.append(("grpc.so_reuseport", 0))
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options)
+        self._server.add_generic_rpc_handlers((generic_handler(self.service),))
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            bound = self._server.add_insecure_port(address)
+        except RuntimeError:
+            bound = 0
+        if not bound:
+            raise DeviceError(f"cannot listen on {address} (in use or not a local address)")
+        self.port: int = bound
+
+    def start(self) -> DeviceServer:
+        self._server.start()
+        return self
+
+    def stop(self, grace: float | None = None) -> None:
+        self._server.stop(grace).wait()
+
+    def wait(self) -> None:
+        self._server.wait_for_termination()
+
+    def __enter__(self) -> DeviceServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def serve(
+    device_id: int,
+    identity_key: Ed25519PrivateKey,
+    *,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    measurement: bytes | None = None,
+    signer: Ed25519PublicKey | None = None,
+    on_ready: Callable[[DeviceServer], None] | None = None,
+    notice: Notice = _stderr,
+) -> None:
+    """Run a card in the foreground until SIGINT or SIGTERM; its session key dies with it."""
+    if threading.current_thread() is not threading.main_thread():
+        # Only the main thread receives signals, so nothing could stop this loop: use DeviceServer.
+        raise UsageError("device.serve() runs in the main thread; elsewhere use DeviceServer")
+    server = DeviceServer(
+        device_id, identity_key, host=host, port=port, measurement=measurement, signer=signer, notice=notice
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    server.start()
+    try:
+        if on_ready is not None:
+            on_ready(server)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop(grace=1.0)
+        for s, handler in previous.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(s, handler)

@@ -1,0 +1,609 @@
+"""Storage of the vault: schema (SQLAlchemy 2 ORM), connection settings, and every operation.
+
+Each operation runs in ONE transaction together with its audit record, so an effect without its
+record (or a record without its effect) can never be committed: if the audit insert fails, the
+whole transaction rolls back and nothing is released. Refused operations get an audit record of
+their own afterwards (best effort: the refusal is what the caller sees either way).
+
+SQLite (WAL, synchronous=FULL) is the default; the URL may name PostgreSQL, which a later increment
+covers with a conformance suite. On SQLite, write transactions start with BEGIN IMMEDIATE: the audit
+chain reads its head and appends to it, and two deferred transactions doing that concurrently would
+fork the chain or fail on lock upgrade.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    Boolean,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from . import wrapping
+from .barrier import Barrier
+from .errors import AuditChainError, KeyServiceError, NotFound, PermissionDenied
+
+ROLES = ("admin", "operator", "auditor")
+KEY_TYPES = ("aes256-gcm",)
+DEFAULT_DOMAIN = "default"
+GENESIS_HASH = "0" * 64
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_TOKEN_PREFIX = "msv."  # noqa: S105 - a name, not a secret
+T = TypeVar("T")
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Domain(Base):
+    __tablename__ = "domains"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    created: Mapped[str] = mapped_column(String(32))
+
+
+class MasterKey(Base):
+    __tablename__ = "master_keys"
+    __table_args__ = (UniqueConstraint("domain_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id"))
+    name: Mapped[str] = mapped_column(String(128))
+    type: Mapped[str] = mapped_column(String(32))
+    created: Mapped[str] = mapped_column(String(32))
+    latest_version: Mapped[int] = mapped_column(Integer)
+    min_decryption_version: Mapped[int] = mapped_column(Integer, default=1)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    deletion_allowed: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class MasterKeyVersion(Base):
+    __tablename__ = "master_key_versions"
+    __table_args__ = (UniqueConstraint("key_id", "version"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key_id: Mapped[int] = mapped_column(ForeignKey("master_keys.id"))
+    version: Mapped[int] = mapped_column(Integer)
+    created: Mapped[str] = mapped_column(String(32))
+    material: Mapped[bytes] = mapped_column(LargeBinary)  # barrier ciphertext, never plaintext
+
+
+class Token(Base):
+    __tablename__ = "tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    accessor: Mapped[str] = mapped_column(String(32), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id"))
+    display_name: Mapped[str] = mapped_column(String(128), default="")
+    created: Mapped[str] = mapped_column(String(32))
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class AuditRecord(Base):
+    __tablename__ = "audit"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    time: Mapped[str] = mapped_column(String(32))
+    domain: Mapped[str] = mapped_column(String(128))
+    op: Mapped[str] = mapped_column(String(64))
+    event: Mapped[str] = mapped_column(Text)  # canonical JSON, exactly the bytes hashed
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+# --- engine -------------------------------------------------------------------------------------
+
+
+def sqlite_url(data_dir: str | os.PathLike[str]) -> str:
+    return f"sqlite:///{Path(data_dir) / 'vault.db'}"
+
+
+def make_engine(url: str) -> Engine:
+    engine = create_engine(url)
+    if engine.dialect.name == "sqlite":
+        _configure_sqlite(engine)
+    return engine
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # pysqlite's own transaction handling would defer BEGIN; we issue it ourselves below.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in (
+            "journal_mode=WAL",
+            "synchronous=FULL",  # an acknowledged key or audit record survives power loss
+            "foreign_keys=ON",
+            "busy_timeout=10000",
+        ):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("vault_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def upgrade_schema(engine: Engine) -> None:
+    """Apply the packaged Alembic migrations; no alembic.ini is needed."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+
+
+# --- tokens -------------------------------------------------------------------------------------
+
+
+def new_token() -> str:
+    return _TOKEN_PREFIX + base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode()
+
+
+def token_hash(token: str) -> str:
+    # Tokens carry 256 random bits: a plain hash can't be brute-forced, and unlike an HMAC under the
+    # root it still authenticates callers while the barrier is sealed (they then get a clean 503).
+    return hashlib.sha256(b"modelseal vault token v1\x00" + token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    accessor: str
+    role: str
+    domain: str
+    domain_id: int
+
+
+# --- audit --------------------------------------------------------------------------------------
+
+
+def canonical(event: dict[str, Any]) -> str:
+    return json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def chain_hash(prev_hash: str, event_text: str) -> str:
+    return hashlib.sha256(prev_hash.encode() + b"\n" + event_text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class AuditProblem:
+    seq: int
+    reason: str
+
+
+def verify_chain(records: Iterator[tuple[int, str, str, str]]) -> tuple[int, AuditProblem | None]:
+    """Check (seq, event, prev_hash, hash) rows in order; returns (rows checked, first problem)."""
+    expected_prev, expected_seq, count = GENESIS_HASH, 1, 0
+    for seq, event_text, prev_hash, own_hash in records:
+        count += 1
+        if seq != expected_seq:
+            return count, AuditProblem(seq, f"sequence gap: expected record {expected_seq} (deleted?)")
+        if prev_hash != expected_prev:
+            return count, AuditProblem(
+                seq, "prev_hash does not match the previous record (deleted or altered)"
+            )
+        if chain_hash(prev_hash, event_text) != own_hash:
+            return count, AuditProblem(seq, "hash does not match its content (modified)")
+        try:
+            body = json.loads(event_text)
+        except ValueError:
+            return count, AuditProblem(seq, "event is not JSON")
+        if not isinstance(body, dict) or body.get("seq") != seq or canonical(body) != event_text:
+            return count, AuditProblem(seq, "event is not canonical or names another sequence number")
+        expected_prev, expected_seq = own_hash, seq + 1
+    return count, None
+
+
+# --- the store ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    name: str
+    type: str
+    created: str
+    latest_version: int
+    min_decryption_version: int
+    disabled: bool
+    deletion_allowed: bool
+    versions: dict[int, str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "created": self.created,
+            "latest_version": self.latest_version,
+            "min_decryption_version": self.min_decryption_version,
+            "disabled": self.disabled,
+            "deletion_allowed": self.deletion_allowed,
+            "versions": {str(v): t for v, t in sorted(self.versions.items())},
+        }
+
+
+@dataclass(frozen=True)
+class DataKey:
+    key_name: str
+    key_version: int
+    wrapped: bytes
+    plaintext: bytes
+
+
+def check_name(name: str) -> None:
+    if not _NAME.fullmatch(name):
+        raise KeyServiceError(
+            "a key name is 1-128 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit",
+            code="invalid_name",
+        )
+
+
+class Store:
+    def __init__(self, engine: Engine, barrier: Barrier) -> None:
+        self.engine = engine
+        self.barrier = barrier
+        self._writer = engine.execution_options(vault_write=True)
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        with Session(self._writer, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    # The audit record is added to the caller's session: it commits or rolls back with the effect.
+    def _audit(self, session: Session, domain: str, op: str, actor: str, **details: Any) -> None:
+        head = session.execute(select(AuditRecord).order_by(AuditRecord.seq.desc()).limit(1)).scalar()
+        seq = 1 if head is None else head.seq + 1
+        prev = GENESIS_HASH if head is None else head.hash
+        when = now()
+        body = {"seq": seq, "time": when, "domain": domain, "op": op, "actor": actor, **details}
+        text = canonical(body)
+        session.add(
+            AuditRecord(
+                seq=seq,
+                time=when,
+                domain=domain,
+                op=op,
+                event=text,
+                prev_hash=prev,
+                hash=chain_hash(prev, text),
+            )
+        )
+        session.flush()
+
+    def secret_digest(self, purpose: str, secret: bytes) -> str:
+        """How a secret appears in the audit: an HMAC under the root, never the secret."""
+        return self.barrier.hmac(purpose, secret).hex()
+
+    def _operation(self, who: Principal, op: str, target: str, fn: Callable[[Session], T]) -> T:
+        try:
+            with self._write() as session:
+                return fn(session)
+        except KeyServiceError as e:
+            if e.status in (400, 403, 404, 409):
+                self.record_refusal(who, op, target, e)
+            raise
+
+    def record_refusal(self, who: Principal, op: str, target: str, error: KeyServiceError) -> None:
+        try:
+            with self._write() as session:
+                self._audit(session, who.domain, op, who.accessor, target=target, outcome=error.code)
+        except Exception:  # noqa: S110 - the refusal stands whether or not it could be recorded
+            pass
+
+    # --- bootstrap and auth ----------------------------------------------------------------------
+
+    def domain_id(self, session: Session, name: str) -> int:
+        found = session.execute(select(Domain.id).where(Domain.name == name)).scalar()
+        if found is None:
+            raise NotFound(f"no domain {name!r}")
+        return found
+
+    def bootstrap_admin(self, domain: str = DEFAULT_DOMAIN) -> str:
+        """The first admin token (init only); returns it once, stores only its hash."""
+        token = new_token()
+        with self._write() as session:
+            domain_id = self.domain_id(session, domain)
+            accessor = self._insert_token(session, token, "admin", domain_id, "initial admin")
+            self._audit(session, domain, "token.bootstrap", "init", token_accessor=accessor, role="admin")
+        return token
+
+    def _insert_token(self, session: Session, token: str, role: str, domain_id: int, name: str) -> str:
+        accessor = os.urandom(8).hex()
+        session.add(
+            Token(
+                accessor=accessor,
+                token_hash=token_hash(token),
+                role=role,
+                domain_id=domain_id,
+                display_name=name,
+                created=now(),
+            )
+        )
+        session.flush()
+        return accessor
+
+    def authenticate(self, token: str | None) -> Principal:
+        if not token:
+            raise PermissionDenied("missing bearer token", code="unauthenticated", status=401)
+        with self._read() as session:
+            row = session.execute(
+                select(Token, Domain.name)
+                .join(Domain, Domain.id == Token.domain_id)
+                .where(Token.token_hash == token_hash(token), Token.revoked.is_(False))
+            ).first()
+        if row is None:
+            raise PermissionDenied("unknown or revoked token", code="unauthenticated", status=401)
+        tok, domain = row
+        return Principal(tok.accessor, tok.role, domain, tok.domain_id)
+
+    # --- tokens ----------------------------------------------------------------------------------
+
+    def create_token(self, who: Principal, role: str, name: str = "") -> tuple[str, str]:
+        if role not in ROLES:
+            raise KeyServiceError(f"role must be one of {', '.join(ROLES)}", code="invalid_role")
+        token = new_token()
+
+        def run(session: Session) -> str:
+            accessor = self._insert_token(session, token, role, who.domain_id, name)
+            self._audit(session, who.domain, "token.create", who.accessor, token_accessor=accessor, role=role)
+            return accessor
+
+        return token, self._operation(who, "token.create", role, run)
+
+    # --- master keys -----------------------------------------------------------------------------
+
+    def _key(self, session: Session, who: Principal, name: str) -> MasterKey:
+        check_name(name)
+        key = session.execute(
+            select(MasterKey).where(MasterKey.domain_id == who.domain_id, MasterKey.name == name)
+        ).scalar()
+        if key is None:
+            raise NotFound(f"no key {name!r}")
+        return key
+
+    def _info(self, session: Session, key: MasterKey) -> KeyInfo:
+        versions = session.execute(
+            select(MasterKeyVersion.version, MasterKeyVersion.created).where(
+                MasterKeyVersion.key_id == key.id
+            )
+        ).all()
+        return KeyInfo(
+            key.name,
+            key.type,
+            key.created,
+            key.latest_version,
+            key.min_decryption_version,
+            key.disabled,
+            key.deletion_allowed,
+            {v: c for v, c in versions},
+        )
+
+    def _row(self, key: MasterKey, version: int) -> str:
+        return f"{key.domain_id}/{key.name}/{version}"
+
+    def _add_version(self, session: Session, key: MasterKey, version: int) -> None:
+        material = self.barrier.encrypt(
+            os.urandom(32), table="master_key_versions", row=self._row(key, version), purpose=key.type
+        )
+        session.add(MasterKeyVersion(key_id=key.id, version=version, created=now(), material=material))
+
+    def _material(self, session: Session, key: MasterKey, version: int) -> bytes:
+        blob = session.execute(
+            select(MasterKeyVersion.material).where(
+                MasterKeyVersion.key_id == key.id, MasterKeyVersion.version == version
+            )
+        ).scalar()
+        if blob is None:
+            raise NotFound(f"key {key.name!r} has no version {version}")
+        return self.barrier.decrypt(
+            blob, table="master_key_versions", row=self._row(key, version), purpose=key.type
+        )
+
+    def create_key(self, who: Principal, name: str, key_type: str = "aes256-gcm") -> KeyInfo:
+        check_name(name)
+        if key_type not in KEY_TYPES:
+            raise KeyServiceError(f"key type must be one of {', '.join(KEY_TYPES)}", code="invalid_type")
+
+        def run(session: Session) -> KeyInfo:
+            exists = session.execute(
+                select(MasterKey.id).where(MasterKey.domain_id == who.domain_id, MasterKey.name == name)
+            ).scalar()
+            if exists is not None:
+                raise KeyServiceError(f"key {name!r} exists", code="exists", status=409)
+            key = MasterKey(
+                domain_id=who.domain_id,
+                name=name,
+                type=key_type,
+                created=now(),
+                latest_version=1,
+                min_decryption_version=1,
+                disabled=False,
+                deletion_allowed=False,
+            )
+            session.add(key)
+            session.flush()
+            self._add_version(session, key, 1)
+            self._audit(session, who.domain, "key.create", who.accessor, key=name, version=1)
+            return self._info(session, key)
+
+        return self._operation(who, "key.create", name, run)
+
+    def list_keys(self, who: Principal) -> list[str]:
+        def run(session: Session) -> list[str]:
+            names = session.execute(
+                select(MasterKey.name).where(MasterKey.domain_id == who.domain_id).order_by(MasterKey.name)
+            ).scalars()
+            self._audit(session, who.domain, "key.list", who.accessor)
+            return list(names)
+
+        return self._operation(who, "key.list", "", run)
+
+    def read_key(self, who: Principal, name: str) -> KeyInfo:
+        def run(session: Session) -> KeyInfo:
+            info = self._info(session, self._key(session, who, name))
+            self._audit(session, who.domain, "key.read", who.accessor, key=name)
+            return info
+
+        return self._operation(who, "key.read", name, run)
+
+    def rotate_key(self, who: Principal, name: str) -> KeyInfo:
+        def run(session: Session) -> KeyInfo:
+            key = self._key(session, who, name)
+            key.latest_version += 1
+            self._add_version(session, key, key.latest_version)
+            session.flush()
+            self._audit(session, who.domain, "key.rotate", who.accessor, key=name, version=key.latest_version)
+            return self._info(session, key)
+
+        return self._operation(who, "key.rotate", name, run)
+
+    def config_key(
+        self, who: Principal, name: str, *, min_decryption_version: int | None, disabled: bool | None
+    ) -> KeyInfo:
+        def run(session: Session) -> KeyInfo:
+            key = self._key(session, who, name)
+            if min_decryption_version is not None:
+                if not 1 <= min_decryption_version <= key.latest_version:
+                    raise KeyServiceError(
+                        f"min_decryption_version must be within 1..{key.latest_version}",
+                        code="invalid_version",
+                    )
+                key.min_decryption_version = min_decryption_version
+            if disabled is not None:
+                key.disabled = disabled
+            session.flush()
+            self._audit(
+                session,
+                who.domain,
+                "key.config",
+                who.accessor,
+                key=name,
+                min_decryption_version=key.min_decryption_version,
+                disabled=key.disabled,
+            )
+            return self._info(session, key)
+
+        return self._operation(who, "key.config", name, run)
+
+    def _usable(self, key: MasterKey) -> None:
+        if key.disabled:
+            raise KeyServiceError(f"key {key.name!r} is disabled", code="key_disabled", status=409)
+
+    def datakey(self, who: Principal, name: str, *, plaintext: bool) -> DataKey:
+        """A fresh 256-bit MEK wrapped under the latest version (the `vault` stanza's body)."""
+
+        def run(session: Session) -> DataKey:
+            key = self._key(session, who, name)
+            self._usable(key)
+            version = key.latest_version
+            mek = os.urandom(wrapping.DATA_KEY_SIZE)
+            wrapped = wrapping.wrap(self._material(session, key, version), name, version, mek)
+            self._audit(
+                session,
+                who.domain,
+                "key.datakey",
+                who.accessor,
+                key=name,
+                version=version,
+                plaintext_returned=plaintext,
+                data_key_hmac=self.secret_digest("data key", mek),
+                wrapped_sha256=hashlib.sha256(wrapped).hexdigest(),
+            )
+            return DataKey(name, version, wrapped, mek)
+
+        return self._operation(who, "key.datakey", name, run)
+
+    def unwrap(self, who: Principal, name: str, version: int, wrapped: bytes) -> bytes:
+        """The MEK of a `vault` stanza body. Admin/operator only in this increment (see app.py)."""
+
+        def run(session: Session) -> bytes:
+            key = self._key(session, who, name)
+            self._usable(key)
+            if version < key.min_decryption_version:
+                raise KeyServiceError(
+                    f"key {name!r} version {version} is below min_decryption_version "
+                    f"{key.min_decryption_version}",
+                    code="version_retired",
+                    status=409,
+                )
+            mek = wrapping.unwrap(self._material(session, key, version), name, version, wrapped)
+            self._audit(
+                session,
+                who.domain,
+                "key.unwrap",
+                who.accessor,
+                key=name,
+                version=version,
+                data_key_hmac=self.secret_digest("data key", mek),
+                wrapped_sha256=hashlib.sha256(wrapped).hexdigest(),
+            )
+            return mek
+
+        return self._operation(who, "key.unwrap", name, run)
+
+    def record(self, who: Principal, op: str, **details: Any) -> None:
+        """An audit record for an operation with no stored effect (seal, audit reads)."""
+        with self._write() as session:
+            self._audit(session, who.domain, op, who.accessor, **details)
+
+    # --- audit -----------------------------------------------------------------------------------
+
+    def audit_records(self, who: Principal, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        with self._read() as session:
+            rows = session.execute(
+                select(AuditRecord)
+                .where(AuditRecord.seq > after, AuditRecord.domain == who.domain)
+                .order_by(AuditRecord.seq)
+                .limit(max(1, min(limit, 1000)))
+            ).scalars()
+            return [
+                {"seq": r.seq, "event": json.loads(r.event), "prev_hash": r.prev_hash, "hash": r.hash}
+                for r in rows
+            ]
+
+
+def verify_audit(engine: Engine) -> int:
+    """Check the whole audit chain in the database; returns the number of records."""
+    with Session(engine) as session, session.begin():
+        rows = session.execute(
+            select(AuditRecord.seq, AuditRecord.event, AuditRecord.prev_hash, AuditRecord.hash).order_by(
+                AuditRecord.seq
+            )
+        )
+        count, problem = verify_chain((seq, text, prev, own) for seq, text, prev, own in rows)
+    if problem is not None:
+        raise AuditChainError(f"audit chain broken at record {problem.seq}: {problem.reason}")
+    return count

@@ -1,0 +1,90 @@
+"""After a session of operations, no master key, data key or token is anywhere in storage or logs.
+
+Searched: the SQLite database with its -wal and -shm files, the server log and every audit
+record, for each secret raw, in hex (both cases) and in base64 (standard and URL-safe, with and
+without padding).
+"""
+
+from __future__ import annotations
+
+import base64
+import sqlite3
+from pathlib import Path
+
+from modelseal.vault.barrier import KeyFileBarrier
+from modelseal.vault.store import Store, make_engine, sqlite_url
+
+from .conftest import VaultServer
+
+
+def encodings(secret: bytes) -> set[bytes]:
+    forms = {secret, secret.hex().encode(), secret.hex().upper().encode()}
+    for b64 in (base64.b64encode(secret), base64.urlsafe_b64encode(secret)):
+        forms |= {b64, b64.rstrip(b"=")}
+    return forms
+
+
+def master_keys(data: Path) -> list[bytes]:
+    """Decrypt every stored version with the root key, as only the vault itself can."""
+    barrier = KeyFileBarrier.from_file(data / "root.key")
+    with sqlite3.connect(data / "vault.db") as conn:
+        rows = conn.execute(
+            "SELECT k.domain_id, k.name, k.type, v.version, v.material FROM master_key_versions v "
+            "JOIN master_keys k ON k.id = v.key_id"
+        ).fetchall()
+    return [
+        barrier.decrypt(material, table="master_key_versions", row=f"{domain}/{name}/{version}", purpose=kind)
+        for domain, name, kind, version, material in rows
+    ]
+
+
+def test_no_secret_in_storage_logs_or_audit(vault: VaultServer, key_name: str, tmp_path: Path) -> None:
+    tokens = [vault.admin_token_file.read_text().strip()]
+    data_keys: list[bytes] = []
+    operator_file = vault.token_file("operator", tmp_path)
+    tokens.append(operator_file.read_text().strip())
+    with vault.client() as admin, vault.client(operator_file) as operator:
+        for i in range(3):
+            admin.create_key(f"{key_name}-{i}")
+            for _ in range(2):
+                answer = operator.datakey(f"{key_name}-{i}", plaintext=True)
+                assert answer.plaintext is not None
+                data_keys.append(answer.plaintext)
+                assert (
+                    operator.unwrap(answer.key_name, answer.key_version, answer.wrapped) == answer.plaintext
+                )
+            admin.rotate_key(f"{key_name}-{i}")
+        tokens += [str(admin.create_token(role)["token"]) for role in ("admin", "operator", "auditor")]
+        audit_text = repr(admin.audit(limit=1000)).encode()
+
+    masters = master_keys(vault.data)
+    assert len(masters) >= 6 and all(len(m) == 32 for m in masters)
+    secrets: dict[str, bytes] = {f"master key {i}": m for i, m in enumerate(masters)}
+    secrets |= {f"data key {i}": k for i, k in enumerate(data_keys)}
+    for i, token in enumerate(tokens):
+        secrets[f"token {i}"] = token.encode()
+        random_part = token.removeprefix("msv.")
+        secrets[f"token {i} bytes"] = base64.urlsafe_b64decode(random_part + "=" * (-len(random_part) % 4))
+
+    places = {p.name: p.read_bytes() for p in vault.data.glob("vault.db*")}
+    assert "vault.db-wal" in places  # the server is live: the WAL holds the recent writes
+    places["server log"] = vault.log.read_bytes()
+    places["audit records"] = audit_text
+    hits = [
+        f"{what} in {where}"
+        for what, secret in secrets.items()
+        for form in encodings(secret)
+        for where, content in places.items()
+        if form in content
+    ]
+    assert hits == []
+
+
+def test_scan_would_find_a_leak(tmp_path: Path) -> None:
+    """The scan's own check: a secret really written somewhere is found in each encoding."""
+    secret = bytes(range(32))
+    for form in encodings(secret):
+        assert form in b"prefix " + form + b" suffix"
+    # and the store's audit HMAC is not one of the encodings
+    store = Store(make_engine(sqlite_url(tmp_path)), KeyFileBarrier(bytes(32)))
+    assert not encodings(secret) & {store.secret_digest("data key", secret).encode()}
