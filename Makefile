@@ -19,13 +19,15 @@ $(DEMO_STAMP): pyproject.toml | $(VENV)/bin/python
 	touch $@
 
 # Debian packages that Python packages build against (pyfuse3 needs libfuse3) or tests run
-# (fusermount3). Installed when missing and we are root; otherwise say what to install.
+# (fusermount3, nginx as the vault gateway). Installed when missing and we are root; otherwise say
+# what to install.
+SYSTEM_PACKAGES := libfuse3-dev fuse3 pkg-config gcc nginx
 system-deps:
-	@if ! pkg-config --exists fuse3 2>/dev/null || ! command -v fusermount3 >/dev/null; then \
+	@if ! pkg-config --exists fuse3 2>/dev/null || ! command -v fusermount3 >/dev/null || [ ! -x /usr/sbin/nginx ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libfuse3-dev fuse3 pkg-config gcc >/dev/null; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
 	  else \
-	    echo "missing system packages: sudo apt-get install libfuse3-dev fuse3 pkg-config gcc"; exit 1; \
+	    echo "missing system packages: sudo apt-get install $(SYSTEM_PACKAGES)"; exit 1; \
 	  fi; \
 	fi
 

@@ -1,4 +1,5 @@
-"""After a session of operations, no master key, data key or token is anywhere in storage or logs.
+"""After a session of operations, no master key, data key, token, device PSK or released file key is
+anywhere in storage or logs.
 
 Searched: the SQLite database with its -wal and -shm files, the server log and every audit
 record, for each secret raw, in hex (both cases) and in base64 (standard and URL-safe, with and
@@ -15,6 +16,7 @@ from modelseal.vault.barrier import KeyFileBarrier
 from modelseal.vault.store import Store, make_engine, sqlite_url
 
 from .conftest import VaultServer
+from .release_helpers import build_request, open_answer, post, seal_model, unique
 
 
 def encodings(secret: bytes) -> set[bytes]:
@@ -55,6 +57,24 @@ def test_no_secret_in_storage_logs_or_audit(vault: VaultServer, key_name: str, t
                 )
             admin.rotate_key(f"{key_name}-{i}")
         tokens += [str(admin.create_token(role)["token"]) for role in ("admin", "operator", "auditor")]
+
+    # Devices: PSKs (also rotated-away ones), releases (granted and refused) of file keys.
+    released: list[bytes] = []
+    with vault.client() as admin:
+        names = [unique("scan") for _ in range(2)]
+        old_psks = [admin.create_device(name, ["scan"])[1] for name in names]
+        psks = [admin.rotate_psk(name)[1] for name in names]  # the old ones stay in the scan
+        admin.put_policy(unique("p"), f"{key_name}-0", devices=names)
+    for name, psk in zip(names, psks, strict=True):
+        sealed = seal_model(vault, f"{key_name}-0", tmp_path)
+        request = build_request(name, psk, sealed)
+        reply = post(vault, request.body)
+        assert reply.status_code == 200
+        released.append(open_answer(request, name, sealed, reply.json()))
+        assert released[-1] == sealed.recipient.data_key
+        assert post(vault, build_request(name, bytes(32), sealed).body).status_code == 403
+    with vault.client() as admin:
+        created_psks = [admin.create_device(unique("scan"))[1] for _ in range(2)]
         audit_text = repr(admin.audit(limit=1000)).encode()
 
     masters = master_keys(vault.data)
@@ -65,6 +85,9 @@ def test_no_secret_in_storage_logs_or_audit(vault: VaultServer, key_name: str, t
         secrets[f"token {i}"] = token.encode()
         random_part = token.removeprefix("msv.")
         secrets[f"token {i} bytes"] = base64.urlsafe_b64decode(random_part + "=" * (-len(random_part) % 4))
+
+    secrets |= {f"psk {i}": p for i, p in enumerate(psks + old_psks + created_psks)}
+    secrets |= {f"released file key {i}": k for i, k in enumerate(released)}
 
     places = {p.name: p.read_bytes() for p in vault.data.glob("vault.db*")}
     assert "vault.db-wal" in places  # the server is live: the WAL holds the recent writes

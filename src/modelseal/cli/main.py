@@ -97,7 +97,7 @@ def _identities(args: argparse.Namespace, required: bool = True) -> list[Identit
     pw = _passphrase(args, confirm=False)
     if pw is not None:
         found.append(modelseal.Passphrase(pw))
-    if getattr(args, "vault", None):
+    if getattr(args, "vault", None) or getattr(args, "device", None) or getattr(args, "psk_file", None):
         from .vault import vault_identity
 
         found.append(vault_identity(args))
@@ -366,6 +366,8 @@ def _identity_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vault", metavar="URL", help="let this vault unwrap `vault` stanzas")
     p.add_argument("--vault-token-file", metavar="F", help="vault token (env MODELSEAL_VAULT_TOKEN_FILE)")
     p.add_argument("--vault-ca", metavar="CA.pem", help="CA to trust for the vault (env MODELSEAL_VAULT_CA)")
+    p.add_argument("--device", metavar="ID", help="with --vault: open as this device (key release)")
+    p.add_argument("--psk-file", metavar="F", help="with --device: the device's PSK (32 bytes or 64 hex)")
 
 
 def build_parser() -> argparse.ArgumentParser:

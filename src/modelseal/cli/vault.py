@@ -56,9 +56,22 @@ def seal_recipient(args: argparse.Namespace) -> VaultRecipient:
 
 
 def vault_identity(args: argparse.Namespace) -> Identity:
-    """For unseal/verify/rewrap --vault: the vault unwraps `vault` stanzas (its token decides)."""
+    """For unseal/verify/rewrap --vault: the vault unwraps `vault` stanzas (its token decides).
+
+    With --device and --psk-file it is a device instead: key release with a PSK proof, no token.
+    """
     _need_extra()
     from modelseal.vault.client import VaultClient
+
+    device, psk_file = getattr(args, "device", None), getattr(args, "psk_file", None)
+    if device or psk_file:
+        from modelseal.vault.device_identity import DeviceIdentity, load_psk
+
+        if not (device and psk_file):
+            raise CliError("--device and --psk-file go together (with --vault URL)")
+        client = VaultClient.from_settings(args.vault, None, args.vault_ca, token_required=False)
+        return DeviceIdentity(client, device, load_psk(psk_file))
+
     from modelseal.vault.recipient import VaultIdentity
 
     return VaultIdentity(VaultClient.from_settings(args.vault, args.vault_token_file, args.vault_ca))
@@ -184,6 +197,99 @@ def cmd_token_create(args: argparse.Namespace) -> None:
         _print(answer)
 
 
+def _write_psk(psk: bytes, target: str) -> None:
+    """The PSK goes to a new 0600 file, or to stdout only when asked for with `-`."""
+    import os
+
+    if target == "-":
+        print(psk.hex())
+        return
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise modelseal.OutputError(f"{target} exists: refusing to overwrite a PSK file") from None
+    except OSError as e:
+        raise modelseal.OutputError(f"cannot write {target}: {e.strerror}") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(psk.hex() + "\n")
+    print(f"wrote the device PSK to {target} (give it to the device only)", file=sys.stderr)
+
+
+def _device_meta(meta: dict[str, Any], to_stderr: bool) -> None:
+    # With `--psk-out -` stdout carries the PSK alone, so a script can capture it cleanly.
+    text = json.dumps(meta, indent=2, sort_keys=True)
+    print(text, file=sys.stderr if to_stderr else sys.stdout)
+
+
+def cmd_device_create(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        meta, psk = client.create_device(args.name, args.group or [])
+    _write_psk(psk, args.psk_out)
+    _device_meta(meta, args.psk_out == "-")
+
+
+def cmd_device_rotate(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        meta, psk = client.rotate_psk(args.name)
+    _write_psk(psk, args.psk_out)
+    _device_meta(meta, args.psk_out == "-")
+
+
+def cmd_device_list(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        _print({"devices": client.list_devices()})
+
+
+def cmd_device_read(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        _print(client.read_device(args.name))
+
+
+def cmd_device_revoke(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        _print(client.revoke_device(args.name))
+
+
+def cmd_device_unlock(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        _print(client.unlock_device(args.name))
+
+
+def cmd_policy_create(args: argparse.Namespace) -> None:
+    if not args.device and not args.group:
+        raise CliError("a policy names at least one --device or --group (default deny otherwise)")
+    with _client(args) as client:
+        _print(client.put_policy(args.name, args.key, devices=args.device or [], groups=args.group or []))
+
+
+def cmd_policy_list(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        _print({"policies": client.list_policies()})
+
+
+def cmd_policy_read(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        _print(client.read_policy(args.name))
+
+
+def cmd_licence_create(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        _print(
+            client.create_licence(
+                args.name,
+                args.policy,
+                not_after=args.not_after,
+                max_uses=args.max_uses,
+                max_devices=args.max_devices,
+            )
+        )
+
+
+def cmd_licence_read(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        _print(client.read_licence(args.name))
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> None:
     _need_extra()
     from modelseal.vault.datadir import DataDir
@@ -205,7 +311,7 @@ def add_commands(add: AddParser) -> None:
     """Register `vault ...` under a `vault` command made with main's ``add``."""
     top = add(
         "vault",
-        "the key service: master keys, data keys, tokens, audit (needs the `vault` extra)",
+        "the key service: keys, devices, policies, licences, tokens, audit (needs the `vault` extra)",
         "modelseal vault init --data /var/lib/modelseal-vault",
     )
     groups = top.add_subparsers(dest="vault_command", required=True, metavar="COMMAND")
@@ -354,6 +460,89 @@ def add_commands(add: AddParser) -> None:
     p.add_argument("-o", "--output", metavar="FILE", help="write the token to FILE (0600) instead of stdout")
     p.add_argument("--json", action="store_true", help="also print accessor, role and domain as JSON")
     p.set_defaults(func=cmd_token_create)
+
+    device = leaf(
+        groups,
+        "device",
+        "manage devices and their pre-shared keys",
+        "modelseal vault device create cam-17 --group edge --psk-out cam-17.psk",
+    )
+    device_cmds = device.add_subparsers(dest="device_command", required=True, metavar="COMMAND")
+    for name, help_text, func in (
+        ("create", "create a device; its new PSK goes to --psk-out (0600)", cmd_device_create),
+        ("rotate-psk", "give a device a new PSK; the old one stops working", cmd_device_rotate),
+    ):
+        p = api(leaf(device_cmds, name, help_text, f"modelseal vault device {name} cam-17 --psk-out F"))
+        p.add_argument("name")
+        if name == "create":
+            p.add_argument("--group", action="append", metavar="G", help="a group; repeatable")
+        p.add_argument(
+            "--psk-out", required=True, metavar="F", help="new file for the PSK (0600); `-` prints it"
+        )
+        p.set_defaults(func=func)
+    for name, help_text, func in (
+        ("read", "show a device's metadata (never its PSK)", cmd_device_read),
+        ("revoke", "revoke a device: its next key release fails", cmd_device_revoke),
+        ("unlock", "clear a device's lockout (failed PSK proofs)", cmd_device_unlock),
+    ):
+        p = api(leaf(device_cmds, name, help_text, f"modelseal vault device {name} cam-17"))
+        p.add_argument("name")
+        p.set_defaults(func=func)
+    p = api(leaf(device_cmds, "list", "list the devices of your domain", "modelseal vault device list"))
+    p.set_defaults(func=cmd_device_list)
+
+    policy = leaf(
+        groups,
+        "policy",
+        "which devices may get a master key's data keys (default deny)",
+        "modelseal vault policy create cams --key models-2026 --group edge",
+    )
+    policy_cmds = policy.add_subparsers(dest="policy_command", required=True, metavar="COMMAND")
+    p = api(
+        leaf(
+            policy_cmds,
+            "create",
+            "create or replace a policy",
+            "modelseal vault policy create cams --key models-2026 --group edge",
+        )
+    )
+    p.add_argument("name")
+    p.add_argument("--key", required=True, metavar="K", help="the master key this policy releases")
+    p.add_argument("--device", action="append", metavar="D", help="a device; repeatable")
+    p.add_argument("--group", action="append", metavar="G", help="a device group; repeatable")
+    p.set_defaults(func=cmd_policy_create)
+    p = api(leaf(policy_cmds, "read", "show a policy", "modelseal vault policy read cams"))
+    p.add_argument("name")
+    p.set_defaults(func=cmd_policy_read)
+    p = api(leaf(policy_cmds, "list", "list the policies of your domain", "modelseal vault policy list"))
+    p.set_defaults(func=cmd_policy_list)
+
+    licence = leaf(
+        groups,
+        "licence",
+        "limits on a policy's releases: not-after, max uses, max devices",
+        "modelseal vault licence create cams-2026 --policy cams --not-after 2026-12-31T23:59:59Z",
+    )
+    licence_cmds = licence.add_subparsers(dest="licence_command", required=True, metavar="COMMAND")
+    p = api(
+        leaf(
+            licence_cmds,
+            "create",
+            "attach a licence to a policy (every licence of a policy must allow a release)",
+            "modelseal vault licence create cams-2026 --policy cams --max-uses 1000 --max-devices 10",
+        )
+    )
+    p.add_argument("name")
+    p.add_argument("--policy", required=True, metavar="P")
+    p.add_argument("--not-after", metavar="ISO", help="UTC time after which nothing is released")
+    p.add_argument("--max-uses", type=int, metavar="N", help="releases allowed in total")
+    p.add_argument("--max-devices", type=int, metavar="N", help="distinct devices that may ever get it")
+    p.set_defaults(func=cmd_licence_create)
+    p = api(
+        leaf(licence_cmds, "read", "show a licence and its counters", "modelseal vault licence read cams")
+    )
+    p.add_argument("name")
+    p.set_defaults(func=cmd_licence_read)
 
     audit = leaf(groups, "audit", "the audit trail", "modelseal vault audit verify --data ./vault")
     audits = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")

@@ -3,12 +3,14 @@
 Default deny: every route but health and readiness needs `Authorization: Bearer <token>`, and each
 checks the caller's role in its domain. While the barrier is sealed every such route answers 503.
 Errors are `{"error": {"code": ..., "message": ...}}` and never echo request bodies (they may hold
-wrapped keys). The device key-release route (PSK proof, policy, HPKE-sealed answer) is a later
-increment; it will be a plain Starlette route in this app, off FastAPI's per-request overhead.
+wrapped keys). The device key-release route (PSK proof, policy, licence, HPKE-sealed answer) is a
+plain Starlette route in this app: it is the hot path, and FastAPI's dependency injection and
+validation cost ~110 µs per request (ARCHITECTURE §4), so it parses its small body by hand.
 """
 
 import base64
 import binascii
+import json
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
@@ -16,12 +18,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
 
+from . import protocol, wrapping
+from .devices import DeviceStore, ReleaseDenied, ReleaseRequest
 from .errors import KeyServiceError, PermissionDenied, Unavailable
-from .store import Principal, Store
+from .store import DEFAULT_DOMAIN, Principal, Store
 
 API_PREFIX = "/v1"
-# Who may do what, per domain. Unwrap is admin/operator only until device key release exists.
+# Who may do what, per domain. Unwrap is admin/operator only: devices get keys through /v1/release.
 WRITE_KEYS = ("admin", "operator")
 READ_KEYS = ("admin", "operator", "auditor")
 READ_AUDIT = ("admin", "auditor")
@@ -42,6 +47,23 @@ class Unwrap(BaseModel):
     wrapped: str = Field(max_length=1024, description="base64 of the `vault` stanza body")
 
 
+class CreateDevice(BaseModel):
+    groups: list[str] = Field(default_factory=list, max_length=32)
+
+
+class PutPolicy(BaseModel):
+    key: str = Field(max_length=128)
+    devices: list[str] = Field(default_factory=list, max_length=32)
+    groups: list[str] = Field(default_factory=list, max_length=32)
+
+
+class CreateLicence(BaseModel):
+    policy: str = Field(max_length=128)
+    not_after: str | None = Field(default=None, max_length=64, description="ISO 8601, UTC if no zone")
+    max_uses: int | None = Field(default=None, ge=0)
+    max_devices: int | None = Field(default=None, ge=0)
+
+
 class CreateToken(BaseModel):
     role: str
     name: str = Field(default="", max_length=128)
@@ -56,6 +78,66 @@ def _b64decode(value: str) -> bytes:
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=NO_STORE)
+
+
+MAX_RELEASE_BODY = 4096
+# One body for every refused release, so unknown device, wrong PSK, revoked and locked look alike.
+DENIED_BODY = json.dumps(
+    {"error": {"code": ReleaseDenied.code, "message": "key release refused"}}, separators=(",", ":")
+).encode()
+
+
+class _BadRelease(Exception):
+    """A malformed release request; names the field, never its value."""
+
+
+def _release_b64(body: dict[str, Any], name: str, low: int, high: int) -> bytes:
+    value = body.get(name)
+    if not isinstance(value, str) or len(value) > 4 * high:
+        raise _BadRelease(name)
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise _BadRelease(name) from None
+    if not low <= len(raw) <= high:
+        raise _BadRelease(name)
+    return raw
+
+
+def _release_int(body: dict[str, Any], name: str, low: int, high: int) -> int:
+    value = body.get(name)
+    if type(value) is not int or not low <= value <= high:  # bool is an int subclass: refuse it
+        raise _BadRelease(name)
+    return value
+
+
+def _release_name(body: dict[str, Any], name: str, default: str | None = None) -> str:
+    value = body.get(name, default)
+    if not isinstance(value, str) or not 1 <= len(value) <= 128:
+        raise _BadRelease(name)
+    return value
+
+
+def parse_release(data: bytes) -> ReleaseRequest:
+    try:
+        body = json.loads(data)
+    except ValueError:
+        raise _BadRelease("body") from None
+    if not isinstance(body, dict):
+        raise _BadRelease("body")
+    return ReleaseRequest(
+        domain=_release_name(body, "domain", DEFAULT_DOMAIN),
+        device=_release_name(body, "device"),
+        key_name=_release_name(body, "key_name"),
+        key_version=_release_int(body, "key_version", 1, 2**32 - 1),
+        wrapped=_release_b64(body, "wrapped", wrapping.WRAPPED_SIZE, wrapping.WRAPPED_SIZE),
+        timestamp=_release_int(body, "timestamp", 0, 2**63 - 1),
+        nonce=_release_b64(body, "nonce", protocol.NONCE_MIN, protocol.NONCE_MAX),
+        ephemeral_public=_release_b64(
+            body, "ephemeral_public", protocol.PUBLIC_KEY_SIZE, protocol.PUBLIC_KEY_SIZE
+        ),
+        mac=_release_b64(body, "mac", protocol.MAC_SIZE, protocol.MAC_SIZE),
+    )
 
 
 def create_app(store: Store) -> FastAPI:
@@ -176,6 +258,112 @@ def create_app(store: Store) -> FastAPI:
         token, accessor = store.create_token(who, body.role, body.name)
         response.headers.update(NO_STORE)
         return {"token": token, "accessor": accessor, "role": body.role, "domain": who.domain}
+
+    devices = DeviceStore(store)
+
+    @app.post(f"{API_PREFIX}/devices/{{name}}")
+    def create_device(
+        who: Caller, name: str, response: Response, body: CreateDevice | None = None
+    ) -> dict[str, Any]:
+        allow(who, WRITE_KEYS, "device.create", name)
+        meta, psk = devices.create_device(who, name, (body or CreateDevice()).groups)
+        response.headers.update(NO_STORE)
+        return {"device": meta, "psk": psk.hex()}
+
+    @app.get(f"{API_PREFIX}/devices")
+    def list_devices(who: Caller) -> dict[str, Any]:
+        allow(who, READ_KEYS, "device.list")
+        return {"devices": devices.list_devices(who)}
+
+    @app.get(f"{API_PREFIX}/devices/{{name}}")
+    def read_device(who: Caller, name: str) -> dict[str, Any]:
+        allow(who, READ_KEYS, "device.read", name)
+        return devices.read_device(who, name)
+
+    @app.post(f"{API_PREFIX}/devices/{{name}}/rotate-psk")
+    def rotate_psk(who: Caller, name: str, response: Response) -> dict[str, Any]:
+        allow(who, WRITE_KEYS, "device.rotate_psk", name)
+        meta, psk = devices.rotate_psk(who, name)
+        response.headers.update(NO_STORE)
+        return {"device": meta, "psk": psk.hex()}
+
+    @app.post(f"{API_PREFIX}/devices/{{name}}/revoke")
+    def revoke_device(who: Caller, name: str) -> dict[str, Any]:
+        allow(who, WRITE_KEYS, "device.revoke", name)
+        return devices.revoke_device(who, name)
+
+    @app.post(f"{API_PREFIX}/devices/{{name}}/unlock")
+    def unlock_device(who: Caller, name: str) -> dict[str, Any]:
+        allow(who, WRITE_KEYS, "device.unlock", name)
+        return devices.unlock_device(who, name)
+
+    @app.post(f"{API_PREFIX}/policies/{{name}}")
+    def put_policy(who: Caller, name: str, body: PutPolicy) -> dict[str, Any]:
+        allow(who, WRITE_KEYS, "policy.write", name)
+        return devices.put_policy(who, name, body.key, body.devices, body.groups)
+
+    @app.get(f"{API_PREFIX}/policies")
+    def list_policies(who: Caller) -> dict[str, Any]:
+        allow(who, READ_KEYS, "policy.list")
+        return {"policies": devices.list_policies(who)}
+
+    @app.get(f"{API_PREFIX}/policies/{{name}}")
+    def read_policy(who: Caller, name: str) -> dict[str, Any]:
+        allow(who, READ_KEYS, "policy.read", name)
+        return devices.read_policy(who, name)
+
+    @app.post(f"{API_PREFIX}/licences/{{name}}")
+    def create_licence(who: Caller, name: str, body: CreateLicence) -> dict[str, Any]:
+        allow(who, WRITE_KEYS, "licence.create", name)
+        return devices.create_licence(
+            who,
+            name,
+            body.policy,
+            not_after=body.not_after,
+            max_uses=body.max_uses,
+            max_devices=body.max_devices,
+        )
+
+    @app.get(f"{API_PREFIX}/licences/{{name}}")
+    def read_licence(who: Caller, name: str) -> dict[str, Any]:
+        allow(who, READ_KEYS, "licence.read", name)
+        return devices.read_licence(who, name)
+
+    async def release(request: Request) -> Response:
+        # No bearer token: the PSK proof in the body is the device's authentication.
+        if store.barrier.sealed:
+            return _error(503, "sealed", "the vault is sealed")
+        # Read at most the limit: a huge body must not be buffered before it is refused.
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_RELEASE_BODY:
+                return _error(413, "invalid_request", "the release request is too large")
+            chunks.append(chunk)
+        data = b"".join(chunks)
+        try:
+            req = parse_release(data)
+        except _BadRelease as e:
+            return _error(400, "invalid_request", f"invalid request field: {e}")
+        try:
+            sealed = await run_in_threadpool(devices.release, req)
+        except ReleaseDenied:
+            return Response(DENIED_BODY, 403, headers=NO_STORE, media_type="application/json")
+        except Unavailable as e:
+            return _error(503, e.code, e.message)
+        except Exception:
+            # Storage or audit failure: the transaction rolled back, so nothing was released.
+            return _error(
+                503, "release_failed", "the vault could not record the release; nothing was released"
+            )
+        answer = {
+            "key_name": req.key_name,
+            "key_version": req.key_version,
+            "sealed": base64.b64encode(sealed).decode(),
+        }
+        return Response(json.dumps(answer), 200, headers=NO_STORE, media_type="application/json")
+
+    app.add_route(f"{API_PREFIX}/release", release, methods=["POST"], include_in_schema=False)
 
     @app.get(f"{API_PREFIX}/audit")
     def audit(

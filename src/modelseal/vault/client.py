@@ -167,12 +167,78 @@ class VaultClient:
         )
         return _b64(data["plaintext"])
 
+    @staticmethod
+    def _named(kind: str, name: str) -> str:
+        return f"/{kind}/" + quote(name, safe="")
+
+    def create_device(self, name: str, groups: list[str] | None = None) -> tuple[dict[str, Any], bytes]:
+        """A new device and its PSK (shown this once): (metadata, 32-byte PSK)."""
+        data = self._call("POST", self._named("devices", name), json={"groups": groups or []})
+        return dict(data["device"]), _psk(data)
+
+    def rotate_psk(self, name: str) -> tuple[dict[str, Any], bytes]:
+        data = self._call("POST", self._named("devices", name) + "/rotate-psk")
+        return dict(data["device"]), _psk(data)
+
+    def revoke_device(self, name: str) -> dict[str, Any]:
+        return self._call("POST", self._named("devices", name) + "/revoke")
+
+    def unlock_device(self, name: str) -> dict[str, Any]:
+        return self._call("POST", self._named("devices", name) + "/unlock")
+
+    def list_devices(self) -> list[str]:
+        return [str(d) for d in self._call("GET", "/devices")["devices"]]
+
+    def read_device(self, name: str) -> dict[str, Any]:
+        return self._call("GET", self._named("devices", name))
+
+    def put_policy(
+        self, name: str, key: str, *, devices: list[str] | None = None, groups: list[str] | None = None
+    ) -> dict[str, Any]:
+        body = {"key": key, "devices": devices or [], "groups": groups or []}
+        return self._call("POST", self._named("policies", name), json=body)
+
+    def list_policies(self) -> list[str]:
+        return [str(p) for p in self._call("GET", "/policies")["policies"]]
+
+    def read_policy(self, name: str) -> dict[str, Any]:
+        return self._call("GET", self._named("policies", name))
+
+    def create_licence(
+        self,
+        name: str,
+        policy: str,
+        *,
+        not_after: str | None = None,
+        max_uses: int | None = None,
+        max_devices: int | None = None,
+    ) -> dict[str, Any]:
+        body = {"policy": policy, "not_after": not_after, "max_uses": max_uses, "max_devices": max_devices}
+        return self._call("POST", self._named("licences", name), json=body)
+
+    def read_licence(self, name: str) -> dict[str, Any]:
+        return self._call("GET", self._named("licences", name))
+
+    def release(self, request: dict[str, Any]) -> dict[str, Any]:
+        """POST /v1/release (no token needed: the request carries the device's PSK proof)."""
+        return self._call("POST", "/release", json=request)
+
     def create_token(self, role: str, name: str = "") -> dict[str, Any]:
         return self._call("POST", "/tokens", json={"role": role, "name": name})
 
     def audit(self, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         records = self._call("GET", "/audit", params={"after": after, "limit": limit})["records"]
         return [dict(r) for r in records]
+
+
+def _psk(data: dict[str, Any]) -> bytes:
+    try:
+        psk = bytes.fromhex(str(data["psk"]))
+    except (KeyError, ValueError):
+        raise KeyServiceError("vault: the answer holds no valid PSK") from None
+    if len(psk) != 32:
+        raise KeyServiceError("vault: the answer holds no valid PSK")
+    return psk
 
 
 class DataKeyAnswer:

@@ -5,9 +5,9 @@ key (plaintext + wrapped); the sealer uses the plaintext as the MEK (``seal(...,
 recipient contributes the prepared stanza. ``wrap`` refuses any other file key, since the body can
 only ever unwrap to the data key the vault made.
 
-Opening: ``VaultIdentity`` sends each `vault` stanza to the vault's unwrap route. That route is for
-admins and operators in this increment; devices will use key release (PSK proof, policy, licence,
-HPKE-sealed answer) instead, behind the same Identity interface.
+Opening: ``VaultIdentity`` sends each `vault` stanza to the vault's unwrap route, which is for
+admins and operators; devices use key release (PSK proof, policy, licence, HPKE-sealed answer)
+through ``device_identity.DeviceIdentity``, behind the same Identity interface.
 """
 
 from __future__ import annotations

@@ -1,0 +1,720 @@
+"""Devices with pre-shared keys, policies, licences, and the key release (second increment).
+
+The release is one transaction: proof check, lockout, replay index, policy, licence counters and
+the audit record commit together, and the sealed file key leaves the process only after that
+commit. A refusal is committed the same way (its audit record, the failure counting towards
+lockout, the consumed nonce), so what the caller is told and what the audit says can't diverge.
+If the audit insert fails, the transaction rolls back and nothing is released.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    delete,
+    func,
+    select,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from . import protocol, wrapping
+from .errors import KeyServiceError, NotFound, PermissionDenied
+from .store import DEFAULT_DOMAIN, Base, Domain, MasterKey, Principal, Store, now
+
+LOCKOUT_FAILURES = 5
+LOCKOUT_WINDOW_SECONDS = 15 * 60
+MAX_GROUPS = 32
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# Compared against when the device is unknown, so that path does the same HMAC work.
+_DUMMY_PSK = os.urandom(protocol.PSK_SIZE)
+
+
+class Device(Base):
+    __tablename__ = "devices"
+    __table_args__ = (UniqueConstraint("domain_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id"))
+    name: Mapped[str] = mapped_column(String(128))
+    groups: Mapped[str] = mapped_column(Text)  # JSON list
+    created: Mapped[str] = mapped_column(String(32))
+    psk_generation: Mapped[int] = mapped_column(Integer)
+    psk_rotated: Mapped[str] = mapped_column(String(32))
+    psk: Mapped[bytes] = mapped_column(LargeBinary)  # barrier ciphertext, never plaintext
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    revoked_at: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class DeviceFailure(Base):
+    __tablename__ = "device_failures"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"))
+    at: Mapped[float] = mapped_column(Float)
+
+
+class ReleaseNonce(Base):
+    __tablename__ = "release_nonces"
+    __table_args__ = (UniqueConstraint("device_id", "nonce_hash", name="release_nonces_device_nonce"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"))
+    nonce_hash: Mapped[str] = mapped_column(String(64))
+    timestamp: Mapped[int] = mapped_column(BigInteger)
+
+
+class Policy(Base):
+    __tablename__ = "policies"
+    __table_args__ = (UniqueConstraint("domain_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id"))
+    name: Mapped[str] = mapped_column(String(128))
+    key_name: Mapped[str] = mapped_column(String(128))
+    devices: Mapped[str] = mapped_column(Text)  # JSON list
+    groups: Mapped[str] = mapped_column(Text)  # JSON list
+    created: Mapped[str] = mapped_column(String(32))
+    updated: Mapped[str] = mapped_column(String(32))
+
+
+class Licence(Base):
+    __tablename__ = "licences"
+    __table_args__ = (UniqueConstraint("domain_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id"))
+    name: Mapped[str] = mapped_column(String(128))
+    policy_id: Mapped[int] = mapped_column(ForeignKey("policies.id"))
+    created: Mapped[str] = mapped_column(String(32))
+    not_after: Mapped[float | None] = mapped_column(Float, nullable=True)
+    max_uses: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_devices: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    uses: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class LicenceDevice(Base):
+    __tablename__ = "licence_devices"
+    __table_args__ = (UniqueConstraint("licence_id", "device_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    licence_id: Mapped[int] = mapped_column(ForeignKey("licences.id"))
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"))
+
+
+class ReleaseDenied(PermissionDenied):
+    """Every refused release, whatever the reason: the caller must not learn which check failed."""
+
+    code = "release_denied"
+
+    def __init__(self) -> None:
+        super().__init__("key release refused")
+
+
+def check_id(kind: str, name: str) -> None:
+    if not _ID.fullmatch(name):
+        raise KeyServiceError(
+            f"a {kind} name is 1-128 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit",
+            code="invalid_name",
+        )
+
+
+def _names(kind: str, values: list[str]) -> list[str]:
+    if len(values) > MAX_GROUPS:
+        raise KeyServiceError(f"at most {MAX_GROUPS} {kind}s", code="invalid_request")
+    for value in values:
+        check_id(kind, value)
+    return sorted(set(values))
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> float:
+    """ISO 8601; a time without a zone is taken as UTC (licences are written in UTC)."""
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise KeyServiceError("not_after is not an ISO 8601 time", code="invalid_request") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+@dataclass(frozen=True)
+class ReleaseRequest:
+    domain: str
+    device: str
+    key_name: str
+    key_version: int
+    wrapped: bytes
+    timestamp: int
+    nonce: bytes
+    ephemeral_public: bytes
+    mac: bytes = field(repr=False)
+
+    def mac_input(self) -> bytes:
+        return protocol.mac_input(
+            domain=self.domain,
+            device=self.device,
+            key_name=self.key_name,
+            key_version=self.key_version,
+            wrapped=self.wrapped,
+            timestamp=self.timestamp,
+            nonce=self.nonce,
+            ephemeral_public=self.ephemeral_public,
+        )
+
+    def hpke_info(self) -> bytes:
+        return protocol.hpke_info(
+            domain=self.domain,
+            device=self.device,
+            key_name=self.key_name,
+            key_version=self.key_version,
+            nonce=self.nonce,
+        )
+
+
+@dataclass
+class _Decision:
+    reason: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    sealed: bytes | None = None
+
+
+class DeviceStore:
+    """Devices, policies, licences and release, on top of a Store (same engine, barrier, audit)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._dummy: bytes | None = None
+
+    def _dummy_blob(self) -> bytes:
+        if self._dummy is None:
+            self._dummy = self.store.barrier.encrypt(_DUMMY_PSK, table="devices", row="-", purpose="psk")
+        return self._dummy
+
+    # --- devices ---------------------------------------------------------------------------------
+
+    def _device(self, session: Session, who: Principal, name: str) -> Device:
+        check_id("device", name)
+        device = session.execute(
+            select(Device).where(Device.domain_id == who.domain_id, Device.name == name)
+        ).scalar()
+        if device is None:
+            raise NotFound(f"no device {name!r}")
+        return device
+
+    def _psk_row(self, device: Device) -> str:
+        return f"{device.domain_id}/{device.name}/{device.psk_generation}"
+
+    def _set_psk(self, device: Device) -> bytes:
+        psk = os.urandom(protocol.PSK_SIZE)
+        device.psk = self.store.barrier.encrypt(
+            psk, table="devices", row=self._psk_row(device), purpose="psk"
+        )
+        return psk
+
+    def _recent_failures(self, session: Session, device_id: int, at: float) -> int:
+        count = session.execute(
+            select(func.count(DeviceFailure.id)).where(
+                DeviceFailure.device_id == device_id, DeviceFailure.at > at - LOCKOUT_WINDOW_SECONDS
+            )
+        ).scalar()
+        return int(count or 0)
+
+    def _meta(self, session: Session, device: Device) -> dict[str, Any]:
+        failures = self._recent_failures(session, device.id, time.time())
+        return {
+            "name": device.name,
+            "groups": json.loads(device.groups),
+            "created": device.created,
+            "psk_generation": device.psk_generation,
+            "psk_rotated": device.psk_rotated,
+            "revoked": device.revoked,
+            "revoked_at": device.revoked_at,
+            "locked": failures >= LOCKOUT_FAILURES,
+            "recent_failures": failures,
+        }
+
+    def create_device(self, who: Principal, name: str, groups: list[str]) -> tuple[dict[str, Any], bytes]:
+        check_id("device", name)
+        clean = _names("group", groups)
+
+        def run(session: Session) -> tuple[dict[str, Any], bytes]:
+            exists = session.execute(
+                select(Device.id).where(Device.domain_id == who.domain_id, Device.name == name)
+            ).scalar()
+            if exists is not None:
+                raise KeyServiceError(f"device {name!r} exists", code="exists", status=409)
+            when = now()
+            device = Device(
+                domain_id=who.domain_id,
+                name=name,
+                groups=json.dumps(clean),
+                created=when,
+                psk_generation=1,
+                psk_rotated=when,
+                psk=b"",
+                revoked=False,
+            )
+            psk = self._set_psk(device)
+            session.add(device)
+            session.flush()
+            self.store._audit(
+                session,
+                who.domain,
+                "device.create",
+                who.accessor,
+                device=name,
+                groups=clean,
+                psk_generation=1,
+                psk_hmac=self.store.secret_digest("psk", psk),
+            )
+            return self._meta(session, device), psk
+
+        return self.store._operation(who, "device.create", name, run)
+
+    def rotate_psk(self, who: Principal, name: str) -> tuple[dict[str, Any], bytes]:
+        def run(session: Session) -> tuple[dict[str, Any], bytes]:
+            device = self._device(session, who, name)
+            device.psk_generation += 1
+            device.psk_rotated = now()
+            psk = self._set_psk(device)
+            session.flush()
+            self.store._audit(
+                session,
+                who.domain,
+                "device.rotate_psk",
+                who.accessor,
+                device=name,
+                psk_generation=device.psk_generation,
+                psk_hmac=self.store.secret_digest("psk", psk),
+            )
+            return self._meta(session, device), psk
+
+        return self.store._operation(who, "device.rotate_psk", name, run)
+
+    def revoke_device(self, who: Principal, name: str) -> dict[str, Any]:
+        def run(session: Session) -> dict[str, Any]:
+            device = self._device(session, who, name)
+            if not device.revoked:
+                device.revoked, device.revoked_at = True, now()
+            session.flush()
+            self.store._audit(session, who.domain, "device.revoke", who.accessor, device=name)
+            return self._meta(session, device)
+
+        return self.store._operation(who, "device.revoke", name, run)
+
+    def unlock_device(self, who: Principal, name: str) -> dict[str, Any]:
+        def run(session: Session) -> dict[str, Any]:
+            device = self._device(session, who, name)
+            session.execute(delete(DeviceFailure).where(DeviceFailure.device_id == device.id))
+            self.store._audit(session, who.domain, "device.unlock", who.accessor, device=name)
+            return self._meta(session, device)
+
+        return self.store._operation(who, "device.unlock", name, run)
+
+    def list_devices(self, who: Principal) -> list[str]:
+        def run(session: Session) -> list[str]:
+            names = session.execute(
+                select(Device.name).where(Device.domain_id == who.domain_id).order_by(Device.name)
+            ).scalars()
+            self.store._audit(session, who.domain, "device.list", who.accessor)
+            return list(names)
+
+        return self.store._operation(who, "device.list", "", run)
+
+    def read_device(self, who: Principal, name: str) -> dict[str, Any]:
+        def run(session: Session) -> dict[str, Any]:
+            meta = self._meta(session, self._device(session, who, name))
+            self.store._audit(session, who.domain, "device.read", who.accessor, device=name)
+            return meta
+
+        return self.store._operation(who, "device.read", name, run)
+
+    # --- policies and licences -------------------------------------------------------------------
+
+    @staticmethod
+    def _policy_dict(policy: Policy) -> dict[str, Any]:
+        return {
+            "name": policy.name,
+            "key": policy.key_name,
+            "devices": json.loads(policy.devices),
+            "groups": json.loads(policy.groups),
+            "created": policy.created,
+            "updated": policy.updated,
+        }
+
+    def _policy(self, session: Session, who: Principal, name: str) -> Policy:
+        check_id("policy", name)
+        policy = session.execute(
+            select(Policy).where(Policy.domain_id == who.domain_id, Policy.name == name)
+        ).scalar()
+        if policy is None:
+            raise NotFound(f"no policy {name!r}")
+        return policy
+
+    def put_policy(
+        self, who: Principal, name: str, key: str, devices: list[str], groups: list[str]
+    ) -> dict[str, Any]:
+        """Create or replace: a policy is the whole list of who may get one master key's data keys."""
+        check_id("policy", name)
+        check_id("key", key)
+        clean_devices, clean_groups = _names("device", devices), _names("group", groups)
+
+        def run(session: Session) -> dict[str, Any]:
+            self.store._key(session, who, key)  # a policy for a key that doesn't exist is a typo
+            policy = session.execute(
+                select(Policy).where(Policy.domain_id == who.domain_id, Policy.name == name)
+            ).scalar()
+            when = now()
+            if policy is None:
+                policy = Policy(domain_id=who.domain_id, name=name, created=when)
+                session.add(policy)
+            policy.key_name, policy.updated = key, when
+            policy.devices, policy.groups = json.dumps(clean_devices), json.dumps(clean_groups)
+            session.flush()
+            self.store._audit(
+                session,
+                who.domain,
+                "policy.write",
+                who.accessor,
+                policy=name,
+                key=key,
+                devices=clean_devices,
+                groups=clean_groups,
+            )
+            return self._policy_dict(policy)
+
+        return self.store._operation(who, "policy.write", name, run)
+
+    def list_policies(self, who: Principal) -> list[str]:
+        def run(session: Session) -> list[str]:
+            names = session.execute(
+                select(Policy.name).where(Policy.domain_id == who.domain_id).order_by(Policy.name)
+            ).scalars()
+            self.store._audit(session, who.domain, "policy.list", who.accessor)
+            return list(names)
+
+        return self.store._operation(who, "policy.list", "", run)
+
+    def read_policy(self, who: Principal, name: str) -> dict[str, Any]:
+        def run(session: Session) -> dict[str, Any]:
+            out = self._policy_dict(self._policy(session, who, name))
+            self.store._audit(session, who.domain, "policy.read", who.accessor, policy=name)
+            return out
+
+        return self.store._operation(who, "policy.read", name, run)
+
+    def _licence_dict(self, session: Session, licence: Licence, policy: str) -> dict[str, Any]:
+        devices = session.execute(
+            select(func.count(LicenceDevice.id)).where(LicenceDevice.licence_id == licence.id)
+        ).scalar()
+        return {
+            "name": licence.name,
+            "policy": policy,
+            "created": licence.created,
+            "not_after": _iso(licence.not_after),
+            "max_uses": licence.max_uses,
+            "max_devices": licence.max_devices,
+            "uses": licence.uses,
+            "devices": int(devices or 0),
+        }
+
+    def create_licence(
+        self,
+        who: Principal,
+        name: str,
+        policy: str,
+        *,
+        not_after: str | None,
+        max_uses: int | None,
+        max_devices: int | None,
+    ) -> dict[str, Any]:
+        check_id("licence", name)
+        deadline = parse_time(not_after) if not_after is not None else None
+        for label, limit in (("max_uses", max_uses), ("max_devices", max_devices)):
+            if limit is not None and limit < 0:
+                raise KeyServiceError(f"{label} must be 0 or more", code="invalid_request")
+
+        def run(session: Session) -> dict[str, Any]:
+            owner = self._policy(session, who, policy)
+            exists = session.execute(
+                select(Licence.id).where(Licence.domain_id == who.domain_id, Licence.name == name)
+            ).scalar()
+            if exists is not None:
+                raise KeyServiceError(f"licence {name!r} exists", code="exists", status=409)
+            licence = Licence(
+                domain_id=who.domain_id,
+                name=name,
+                policy_id=owner.id,
+                created=now(),
+                not_after=deadline,
+                max_uses=max_uses,
+                max_devices=max_devices,
+                uses=0,
+            )
+            session.add(licence)
+            session.flush()
+            self.store._audit(
+                session,
+                who.domain,
+                "licence.create",
+                who.accessor,
+                licence=name,
+                policy=policy,
+                not_after=_iso(deadline),
+                max_uses=max_uses,
+                max_devices=max_devices,
+            )
+            return self._licence_dict(session, licence, policy)
+
+        return self.store._operation(who, "licence.create", name, run)
+
+    def read_licence(self, who: Principal, name: str) -> dict[str, Any]:
+        def run(session: Session) -> dict[str, Any]:
+            check_id("licence", name)
+            row = session.execute(
+                select(Licence, Policy.name)
+                .join(Policy, Policy.id == Licence.policy_id)
+                .where(Licence.domain_id == who.domain_id, Licence.name == name)
+            ).first()
+            if row is None:
+                raise NotFound(f"no licence {name!r}")
+            self.store._audit(session, who.domain, "licence.read", who.accessor, licence=name)
+            return self._licence_dict(session, row[0], row[1])
+
+        return self.store._operation(who, "licence.read", name, run)
+
+    # --- key release -----------------------------------------------------------------------------
+
+    def release(self, req: ReleaseRequest) -> bytes:
+        """The file key HPKE-sealed to ``req.ephemeral_public``, or ReleaseDenied (reason audited)."""
+        at = time.time()
+        try:
+            with self.store._write() as session:
+                decision = self._decide(session, req, at)
+        except IntegrityError:
+            # Only the (device, nonce) index can refuse here: a concurrent twin of this request
+            # (another worker or replica) committed first. Record it in a transaction of its own.
+            self._record_replay(req)
+            raise ReleaseDenied() from None
+        if decision.sealed is None:
+            raise ReleaseDenied()
+        return decision.sealed
+
+    def _record_replay(self, req: ReleaseRequest) -> None:
+        try:
+            with self.store._write() as session:
+                self.store._audit(
+                    session,
+                    req.domain,
+                    "key.release",
+                    f"device:{req.device}",
+                    device=req.device,
+                    key=req.key_name,
+                    version=req.key_version,
+                    outcome="replay",
+                    nonce_hmac=self.store.secret_digest("release nonce", req.nonce),
+                )
+        except Exception:  # noqa: S110 - the refusal stands whether or not it could be recorded
+            pass
+
+    def _decide(self, session: Session, req: ReleaseRequest, at: float) -> _Decision:
+        decision = _Decision()
+        domain_id = session.execute(select(Domain.id).where(Domain.name == req.domain)).scalar()
+        device = None
+        if domain_id is not None:
+            device = session.execute(
+                select(Device).where(Device.domain_id == domain_id, Device.name == req.device)
+            ).scalar()
+        if device is None:
+            # Same barrier, HMAC and failure-count work as a known device, so response time says
+            # as little as the response body about whether the id exists.
+            psk = self.store.barrier.decrypt(self._dummy_blob(), table="devices", row="-", purpose="psk")
+            self._recent_failures(session, 0, at)
+        else:
+            psk = self.store.barrier.decrypt(
+                device.psk, table="devices", row=self._psk_row(device), purpose="psk"
+            )
+        mac_ok = hmac.compare_digest(protocol.mac(psk, req.mac_input()), req.mac)
+
+        if device is None:
+            decision.reason = "unknown_device"
+        elif device.revoked:
+            decision.reason = "revoked"
+        else:
+            if not mac_ok:
+                decision.reason = "bad_mac"
+                session.add(DeviceFailure(device_id=device.id, at=at))
+                session.execute(
+                    delete(DeviceFailure).where(
+                        DeviceFailure.device_id == device.id,
+                        DeviceFailure.at <= at - LOCKOUT_WINDOW_SECONDS,
+                    )
+                )
+                session.flush()
+            failures = self._recent_failures(session, device.id, at)
+            decision.details["recent_failures"] = failures
+            if decision.reason is None and failures >= LOCKOUT_FAILURES:
+                decision.reason = "locked"
+        if decision.reason is None and abs(at - req.timestamp) > protocol.MAX_SKEW_SECONDS:
+            decision.reason = "stale_timestamp"
+        if decision.reason is None and device is not None:
+            decision.reason = self._consume_nonce(session, device.id, req)
+        if decision.reason is None and device is not None:
+            self._authorize_and_seal(session, device, req, at, decision)
+
+        if device is None:
+            # The claimed name is attacker-chosen (or a mistyped secret): keep only its HMAC.
+            who: dict[str, Any] = {
+                "device_hmac": self.store.secret_digest("device name", req.device.encode())
+            }
+        else:
+            who = {"device": device.name, "psk_generation": device.psk_generation}
+        self.store._audit(
+            session,
+            req.domain if domain_id is not None else DEFAULT_DOMAIN,
+            "key.release",
+            f"device:{device.name}" if device is not None else "device:unknown",
+            **who,
+            key=req.key_name,
+            version=req.key_version,
+            outcome=decision.reason or "released",
+            nonce_hmac=self.store.secret_digest("release nonce", req.nonce),
+            **decision.details,
+        )
+        return decision
+
+    def _consume_nonce(self, session: Session, device_id: int, req: ReleaseRequest) -> str | None:
+        digest = hashlib.sha256(req.nonce).hexdigest()
+        seen = session.execute(
+            select(ReleaseNonce.id).where(
+                ReleaseNonce.device_id == device_id, ReleaseNonce.nonce_hash == digest
+            )
+        ).scalar()
+        if seen is not None:
+            return "replay"
+        # Rows whose timestamp is out of the skew window can never match a fresh request again.
+        session.execute(
+            delete(ReleaseNonce).where(
+                ReleaseNonce.device_id == device_id,
+                ReleaseNonce.timestamp < int(time.time()) - protocol.MAX_SKEW_SECONDS - 1,
+            )
+        )
+        session.add(ReleaseNonce(device_id=device_id, nonce_hash=digest, timestamp=req.timestamp))
+        session.flush()
+        return None
+
+    def _authorize_and_seal(
+        self, session: Session, device: Device, req: ReleaseRequest, at: float, decision: _Decision
+    ) -> None:
+        groups = set(json.loads(device.groups))
+        policies = [
+            p
+            for p in session.execute(
+                select(Policy)
+                .where(Policy.domain_id == device.domain_id, Policy.key_name == req.key_name)
+                .order_by(Policy.name)
+            ).scalars()
+            if device.name in json.loads(p.devices) or groups & set(json.loads(p.groups))
+        ]
+        if not policies:
+            decision.reason = "no_policy"
+            return
+        chosen: tuple[Policy, list[tuple[Licence, bool]]] | None = None
+        for policy in policies:
+            # FOR UPDATE: on PostgreSQL two releases must not both take the last use (SQLite's
+            # BEGIN IMMEDIATE already serialises writers).
+            found = list(
+                session.execute(
+                    select(Licence)
+                    .where(Licence.policy_id == policy.id)
+                    .order_by(Licence.name)
+                    .with_for_update()
+                ).scalars()
+            )
+            checked = [(lic, self._licence_refusal(session, lic, device.id, at)) for lic in found]
+            refusal = next((r for _, r in checked if r is not None), None)
+            if refusal is None:
+                chosen = (policy, [(lic, self._knows(session, lic.id, device.id)) for lic in found])
+                break
+            decision.reason = decision.reason or refusal
+        if chosen is None:
+            return
+        decision.reason = None
+        policy, licences = chosen
+        decision.details["policy"] = policy.name
+        decision.details["licences"] = [lic.name for lic, _ in licences]
+
+        key = session.execute(
+            select(MasterKey).where(MasterKey.domain_id == device.domain_id, MasterKey.name == req.key_name)
+        ).scalar()
+        if key is None:
+            decision.reason = "unknown_key"
+            return
+        if key.disabled:
+            decision.reason = "key_disabled"
+            return
+        if not key.min_decryption_version <= req.key_version <= key.latest_version:
+            decision.reason = "version_retired"
+            return
+        try:
+            master = self.store._material(session, key, req.key_version)
+            mek = wrapping.unwrap(master, req.key_name, req.key_version, req.wrapped)
+        except KeyServiceError:
+            decision.reason = "invalid_wrapped_key"
+            return
+        try:
+            public = X25519PublicKey.from_public_bytes(req.ephemeral_public)
+            decision.sealed = protocol.SUITE.encrypt(mek, public, info=req.hpke_info())
+        except Exception:  # a low-order or otherwise unusable public key
+            decision.reason = "bad_public_key"
+            return
+        for lic, known in licences:
+            lic.uses += 1
+            if not known:
+                session.add(LicenceDevice(licence_id=lic.id, device_id=device.id))
+        session.flush()
+        decision.details["data_key_hmac"] = self.store.secret_digest("data key", mek)
+
+    @staticmethod
+    def _knows(session: Session, licence_id: int, device_id: int) -> bool:
+        return (
+            session.execute(
+                select(LicenceDevice.id).where(
+                    LicenceDevice.licence_id == licence_id, LicenceDevice.device_id == device_id
+                )
+            ).scalar()
+            is not None
+        )
+
+    def _licence_refusal(self, session: Session, lic: Licence, device_id: int, at: float) -> str | None:
+        if lic.not_after is not None and at > lic.not_after:
+            return "licence_expired"
+        if lic.max_uses is not None and lic.uses >= lic.max_uses:
+            return "licence_used_up"
+        if lic.max_devices is not None and not self._knows(session, lic.id, device_id):
+            count = session.execute(
+                select(func.count(LicenceDevice.id)).where(LicenceDevice.licence_id == lic.id)
+            ).scalar()
+            if int(count or 0) >= lic.max_devices:
+                return "licence_device_limit"
+        return None

@@ -1,0 +1,96 @@
+"""If the audit record of a release can't be written, nothing is released and nothing is counted.
+
+The app runs in process (ASGI transport) so the store's audit can be made to fail on demand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import modelseal
+from modelseal.vault import datadir
+from modelseal.vault.app import create_app
+from modelseal.vault.devices import DeviceStore
+from modelseal.vault.recipient import VaultRecipient
+from modelseal.vault.store import Store
+
+from .release_helpers import Sealed, build_request, encodings, open_answer
+
+
+def post(app: Any, body: dict[str, Any]) -> httpx.Response:
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="https://vault.test") as client:
+            return await client.post("/v1/release", json=body)
+
+    return asyncio.run(go())
+
+
+def test_failing_audit_write_releases_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    datadir.init(tmp_path / "v")
+    store = datadir.DataDir(tmp_path / "v").open_store()
+    try:
+        admin = store.authenticate((tmp_path / "v" / datadir.TOKEN_FILE).read_text().strip())
+        devices = DeviceStore(store)
+        store.create_key(admin, "k")
+        key = store.datakey(admin, "k", plaintext=True)
+        recipient = VaultRecipient("k", key.key_version, key.wrapped, key.plaintext)
+        (tmp_path / "m.bin").write_bytes(b"weights")
+        modelseal.seal(tmp_path / "m.bin", tmp_path / "m.mseal", [recipient], mek=recipient.data_key)
+        sealed = Sealed(tmp_path / "m.mseal", b"weights", "k", recipient)
+        _, psk = devices.create_device(admin, "cam", [])
+        devices.put_policy(admin, "p", "k", ["cam"], [])
+        devices.create_licence(admin, "l", "p", not_after=None, max_uses=5, max_devices=None)
+        app = create_app(store)
+        request = build_request("cam", psk, sealed)
+
+        real_audit = store._audit
+
+        def failing_audit(session: Any, domain: str, op: str, actor: str, **details: Any) -> None:
+            if op == "key.release":
+                raise OSError("disk full")
+            real_audit(session, domain, op, actor, **details)
+
+        monkeypatch.setattr(store, "_audit", failing_audit)
+        answer = post(app, request.body)
+        assert answer.status_code == 503 and answer.json()["error"]["code"] == "release_failed"
+        assert not any(form in answer.content for form in encodings(key.plaintext))
+        assert "sealed" not in answer.json()
+        monkeypatch.setattr(store, "_audit", real_audit)
+
+        assert devices.read_licence(admin, "l")["uses"] == 0  # the counter rolled back too
+        # ...and so did the nonce: the very same request now succeeds, once.
+        answer = post(app, request.body)
+        assert answer.status_code == 200
+        assert open_answer(request, "cam", sealed, answer.json()) == key.plaintext
+        assert post(app, request.body).status_code == 403
+        assert devices.read_licence(admin, "l")["uses"] == 1
+        released = [
+            r["event"]
+            for r in store.audit_records(admin, limit=1000)
+            if r["event"]["op"] == "key.release" and r["event"]["outcome"] == "released"
+        ]
+        assert len(released) == 1
+        assert base64.b64encode(key.plaintext).decode() not in repr(released)
+    finally:
+        store.engine.dispose()
+
+
+def test_sealed_vault_and_oversized_body(tmp_path: Path) -> None:
+    datadir.init(tmp_path / "v")
+    store: Store = datadir.DataDir(tmp_path / "v").open_store()
+    try:
+        app = create_app(store)
+        assert post(app, {"device": "x" * 5000}).status_code == 413
+        assert post(app, {"device": "x"}).json()["error"]["message"] == "invalid request field: key_name"
+        store.barrier.seal()
+        answer = post(app, {"device": "x"})
+        assert answer.status_code == 503 and answer.json()["error"]["code"] == "sealed"
+    finally:
+        store.engine.dispose()
