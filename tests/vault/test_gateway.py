@@ -36,6 +36,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 import modelseal
 from modelseal.vault.client import VaultClient, read_token_file
 from modelseal.vault.recipient import VaultIdentity, VaultRecipient
+from modelseal.vault.tls import new_ca
 
 from .conftest import VaultServer
 
@@ -78,24 +79,7 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
 
 
 def make_ca(folder: Path, name: str) -> CA:
-    now = datetime.datetime.now(datetime.UTC)
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    key, cert = new_ca(name, days=2)
     pem = folder / f"{name.replace(' ', '-')}.pem"
     pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return CA(pem, cert, key)
