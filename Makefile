@@ -14,16 +14,25 @@ TEST_EXTRAS := dev,demo,onnxruntime,openvino,torch,safetensors,cfs,device,vault
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
+# The demo's edge part wants nginx (the gateway) and FUSE (Crypto-fs); as root they are installed
+# when missing, otherwise the demo says so and goes direct to the vault / uses `cfs run`.
+DEMO_SYSTEM_PACKAGES := libfuse3-dev fuse3 pkg-config gcc nginx
 $(DEMO_STAMP): pyproject.toml | $(VENV)/bin/python
-	$(PIP) -e '.[dev,demo]'
+	@if [ "$$(id -u)" = 0 ] && { ! pkg-config --exists fuse3 2>/dev/null || [ ! -x /usr/sbin/nginx ]; }; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEMO_SYSTEM_PACKAGES) >/dev/null \
+	  || echo "modelseal: could not install $(DEMO_SYSTEM_PACKAGES); the demo falls back"; \
+	fi
+	$(PIP) -e '.[dev,demo,vault]'
+	$(PIP) -e '.[cfs]' || echo "modelseal: the FUSE extra did not install (needs libfuse3-dev): the demo uses cfs run"
 	touch $@
 
 # Debian packages that Python packages build against (pyfuse3 needs libfuse3) or tests run
-# (fusermount3, nginx as the vault gateway). Installed when missing and we are root; otherwise say
-# what to install.
-SYSTEM_PACKAGES := libfuse3-dev fuse3 pkg-config gcc nginx
+# (fusermount3, nginx as the vault gateway, PostgreSQL for the vault's storage tests, SoftHSM2 as
+# its PKCS#11 token). Installed when missing and we are root; otherwise say what to install.
+SYSTEM_PACKAGES := libfuse3-dev fuse3 pkg-config gcc nginx postgresql softhsm2
 system-deps:
-	@if ! pkg-config --exists fuse3 2>/dev/null || ! command -v fusermount3 >/dev/null || [ ! -x /usr/sbin/nginx ]; then \
+	@if ! pkg-config --exists fuse3 2>/dev/null || ! command -v fusermount3 >/dev/null || [ ! -x /usr/sbin/nginx ] \
+	  || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v softhsm2-util >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
 	  else \
@@ -37,6 +46,7 @@ $(TEST_STAMP): pyproject.toml | $(VENV)/bin/python system-deps
 
 demo: $(DEMO_STAMP)
 	$(BIN)/python scripts/demo.py
+	$(BIN)/python scripts/demo_edge.py
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check src tests bench scripts

@@ -18,6 +18,7 @@ from .errors import (
     HeaderRoomError,
     IntegrityError,
     KeyFileError,
+    LeaseLostError,
     MemoryLockError,
     ModelSealError,
     NoMatchingIdentityError,
@@ -43,6 +44,7 @@ from .keyfiles import (
 from .keyfiles import (
     parse_recipient as load_recipient,
 )
+from .lease import LeaseKeeper, LeasePolicy, keep_lease
 from .opening import SealedModel, VerifyReport, open, verify
 from .recipients import MEK, Identity, Passphrase, Recipient, X25519Identity, X25519Recipient
 from .rewrapping import RewrapResult, rewrap
@@ -72,6 +74,9 @@ __all__ = [
     "Inspection",
     "IntegrityError",
     "KeyFileError",
+    "LeaseKeeper",
+    "LeaseLostError",
+    "LeasePolicy",
     "MemoryLockError",
     "ModelSealError",
     "NoMatchingIdentityError",
@@ -95,6 +100,7 @@ __all__ = [
     "generate_identity",
     "generate_signer",
     "inspect",
+    "keep_lease",
     "keygen",
     "load_identity",
     "load_mek",

@@ -92,3 +92,12 @@ class MemoryLockError(ModelSealError):
     """Locking plaintext in RAM (mlock) was required but the kernel refused it."""
 
     exit_code = 10
+
+
+class LeaseLostError(ModelSealError):
+    """The key service withdrew an open model's lease (device revoked, licence ended, vault gone).
+
+    The model's plaintext was zeroized when the lease was lost; the handle refuses further use.
+    """
+
+    exit_code = 17

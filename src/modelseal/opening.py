@@ -17,7 +17,7 @@ from typing import Any, Literal
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .envelope import Unlocked, unlock
-from .errors import FormatError, IntegrityError, SignatureError, UsageError
+from .errors import FormatError, IntegrityError, LeaseLostError, SignatureError, UsageError
 from .fileio import readinto_full
 from .format import manifest
 from .format.header import PREAMBLE_SIZE, Header, parse_header, parse_preamble
@@ -95,6 +95,7 @@ class SealedModel:
         self.is_folder = contents.folder
         self.locked = False  # True when the plaintext is mlocked (see open(mlock=...))
         self._plain = plain
+        self._revoked: str | None = None
         self.metadata: dict[str, Any] = json.loads(header.core.metadata or b"{}")
 
     @property
@@ -116,6 +117,8 @@ class SealedModel:
         return self._entry(name).size
 
     def _entry(self, name: str | None) -> ManifestEntry:
+        if self._revoked is not None:
+            raise LeaseLostError(f"the model was closed because its lease ended: {self._revoked}")
         if self._plain.closed:
             raise ValueError("the sealed model is closed")
         if name is None:
@@ -134,6 +137,16 @@ class SealedModel:
 
     def close(self) -> None:
         self._plain.close()
+
+    def revoke(self, reason: str) -> None:
+        """Zeroize now and make every later read raise LeaseLostError naming ``reason``."""
+        self._revoked = reason
+        self._plain.close()
+
+    @property
+    def revoked(self) -> str | None:
+        """Why the lease ended, if it did (see :func:`modelseal.keep_lease`)."""
+        return self._revoked
 
     def __enter__(self) -> SealedModel:
         return self

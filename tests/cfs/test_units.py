@@ -95,7 +95,7 @@ def test_public_surface() -> None:
     from modelseal import cfs
 
     assert set(cfs.__all__) == {
-        "CACHE_MODES", "LAYOUTS", "CfsError", "LockPolicy", "Mounted", "check_layout",
+        "CACHE_MODES", "LAYOUTS", "CfsError", "LeasePolicy", "LockPolicy", "Mounted", "check_layout",
         "fuse_unavailable", "mount", "run", "spawn_mount",
     }
     assert issubclass(cfs.CfsError, modelseal.ModelSealError)

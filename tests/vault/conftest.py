@@ -25,6 +25,9 @@ import httpx  # noqa: E402
 
 from modelseal.vault import datadir  # noqa: E402
 from modelseal.vault.client import VaultClient  # noqa: E402
+from modelseal.vault.store import sqlite_url  # noqa: E402
+
+from .postgres import PostgresServer, PostgresUnavailable, requirements, running_postgres  # noqa: E402
 
 
 @dataclass
@@ -33,6 +36,7 @@ class VaultServer:
     data: Path
     log: Path
     process: subprocess.Popen[bytes]
+    database_url: str | None = None  # None: SQLite in the data folder
 
     @property
     def ca(self) -> Path:
@@ -63,10 +67,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(folder: Path) -> VaultServer:
+def start_server(folder: Path, database_url: str | None = None) -> VaultServer:
     data = folder / "vault"
-    datadir.init(data)
-    log = folder / "server.log"
+    datadir.init(data, database_url=database_url)
+    return serve_process(data, folder / "server.log", database_url)
+
+
+def serve_process(data: Path, log: Path, database_url: str | None = None) -> VaultServer:
+    """`vault serve` on an existing data folder (several may serve one PostgreSQL database)."""
+    database = ["--database", database_url] if database_url else []
     for _ in range(3):  # the free port may be taken between probe and bind
         port = _free_port()
         with open(log, "ab") as out:
@@ -81,12 +90,13 @@ def start_server(folder: Path) -> VaultServer:
                     str(data),
                     "--listen",
                     f"127.0.0.1:{port}",
+                    *database,
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
-        server = VaultServer(f"https://127.0.0.1:{port}", data, log, process)
+        server = VaultServer(f"https://127.0.0.1:{port}", data, log, process, database_url)
         context = ssl.create_default_context(cafile=str(server.ca))
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and process.poll() is None:
@@ -138,3 +148,28 @@ def make_vault(tmp_path: Path) -> Iterator[Callable[[], VaultServer]]:
 @pytest.fixture
 def key_name() -> str:
     return f"k-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL on loopback for the session; skips where it can't run (never in CI)."""
+    try:
+        requirements()
+    except PostgresUnavailable as e:
+        pytest.skip(f"PostgreSQL: {e}")
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The storage conformance axis: a fresh, empty database on each backend."""
+    if request.param == "sqlite":
+        yield sqlite_url(tmp_path)
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    url = server.create_database()
+    try:
+        yield url
+    finally:
+        server.drop_database(url)

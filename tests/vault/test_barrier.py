@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from pathlib import Path
@@ -10,7 +11,14 @@ import pytest
 
 from modelseal.errors import KeyFileError
 from modelseal.vault import datadir, wrapping
-from modelseal.vault.barrier import KeyFileBarrier, create_root_key, read_root_key
+from modelseal.vault.barrier import (
+    KeyFileBarrier,
+    RootBarrier,
+    create_root_key,
+    key_check,
+    matches_key_check,
+    read_root_key,
+)
 from modelseal.vault.errors import KeyServiceError, Unavailable
 
 
@@ -80,3 +88,36 @@ def test_wrap_aad_is_unambiguous() -> None:
     assert len(body) == wrapping.WRAPPED_SIZE and wrapping.unwrap(master, "k", 3, body) == mek
     with pytest.raises(KeyServiceError):
         wrapping.unwrap(master, "k", 4, body)
+
+
+def test_key_check_binds_the_root_and_the_vault() -> None:
+    root = bytearray(os.urandom(32))
+    check = key_check(root, "a" * 32)
+    assert len(check) == 32 and bytes(root) not in check
+    assert matches_key_check(bytes(root), "a" * 32, check)
+    assert not matches_key_check(root, "b" * 32, check)
+    assert not matches_key_check(os.urandom(32), "a" * 32, check)
+    # A bytearray root gives the same barrier as bytes, so callers can wipe theirs afterwards.
+    blob = RootBarrier(root).encrypt(b"x", table="t", row="r", purpose="p")
+    root_copy = bytes(root)
+    root[:] = bytes(32)
+    assert RootBarrier(root_copy).decrypt(blob, table="t", row="r", purpose="p") == b"x"
+
+
+def test_vault_json_must_name_a_usable_root(tmp_path: Path) -> None:
+    data = tmp_path / "v"
+    datadir.init(data)
+    config_path = data / "vault.json"
+    config = json.loads(config_path.read_text())
+    assert config == {"layout": 1, "root": "key-file"}
+    for broken in (
+        {"layout": 1, "root": "hsm9000"},
+        {"layout": 1, "root": "shamir"},
+        {"layout": 1, "root": "shamir", "vault_id": "XYZ", "shamir": {"threshold": 3}},
+        {"layout": 1, "root": "shamir", "vault_id": "a" * 32, "shamir": {"threshold": 1, "key_check": ""}},
+        {"layout": 1, "root": "shamir", "vault_id": "a" * 32, "shamir": {"threshold": 3, "key_check": "00"}},
+        {"layout": 1, "root": "pkcs11", "vault_id": "a" * 32, "pkcs11": "not a section"},
+    ):
+        config_path.write_text(json.dumps(broken))
+        with pytest.raises(KeyServiceError):
+            datadir.DataDir(data).open_store()

@@ -13,14 +13,8 @@ import datetime
 import ipaddress
 import json
 import os
-import re
-import shutil
-import signal
-import socket
 import ssl
-import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,22 +28,20 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import modelseal
+from modelseal.vault import gateway as gateway_runner
 from modelseal.vault.client import VaultClient, read_token_file
+from modelseal.vault.gateway import Gateway
 from modelseal.vault.recipient import VaultIdentity, VaultRecipient
 from modelseal.vault.tls import new_ca
 
 from .conftest import VaultServer
 
-# Debian puts nginx in /usr/sbin, which is not on an ordinary user's PATH.
-NGINX = shutil.which("nginx") or next(
-    (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
-)
+NGINX = gateway_runner.find_nginx()
 pytestmark = pytest.mark.skipif(
     NGINX is None, reason="nginx is not installed (Debian/Ubuntu: apt-get install nginx)"
 )
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "deploy" / "nginx" / "modelseal-vault.conf"
-PLACEHOLDER = re.compile(r"\$\{([A-Z_]+)\}")
 IDENTITY_HEADERS = (
     "x-client-verify",
     "x-client-cert-subject",
@@ -154,110 +146,25 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 def render(values: dict[str, str]) -> str:
-    text = TEMPLATE.read_text()
-    used = set(PLACEHOLDER.findall(text))
-    # a placeholder left unrendered would reach nginx as an undefined $variable
-    assert used == set(values), f"template placeholders {sorted(used)} != rendered {sorted(values)}"
-    return PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
-
-
-@dataclass
-class Gateway:
-    url: str
-    process: subprocess.Popen[bytes]
-    error_log: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+    return gateway_runner.render(TEMPLATE.read_text(), values)
 
 
 def start_gateway(
     folder: Path, pki: Pki, *, upstream: str, upstream_ca: Path, client_verify: str = "optional"
 ) -> Gateway:
-    assert NGINX is not None
-    folder.mkdir(parents=True, exist_ok=True)
-    error_log = folder / "error.log"
-    for _ in range(3):  # the free port may be taken between probe and bind
-        port = _free_port()
-        snippet = folder / "modelseal-vault.conf"
-        snippet.write_text(
-            render(
-                {
-                    "GATEWAY_LISTEN": f"127.0.0.1:{port}",
-                    "GATEWAY_CERT": str(pki.gateway_cert[0]),
-                    "GATEWAY_KEY": str(pki.gateway_cert[1]),
-                    "CLIENT_CA": str(pki.client_ca.pem),
-                    "CLIENT_VERIFY": client_verify,
-                    "VAULT_UPSTREAM": upstream,
-                    "VAULT_CA": str(upstream_ca),
-                    "VAULT_TLS_NAME": "localhost",
-                }
-            )
-        )
-        # Debian's compiled-in log and temp paths are under /var: everything goes into the prefix
-        # so the test runs as any user and leaves nothing behind.
-        main = folder / "nginx.conf"
-        main.write_text(
-            f"""worker_processes 1;
-events {{ worker_connections 64; }}
-http {{
-    access_log {folder}/access.log;
-    client_body_temp_path {folder}/client_body;
-    proxy_temp_path {folder}/proxy;
-    fastcgi_temp_path {folder}/fastcgi;
-    uwsgi_temp_path {folder}/uwsgi;
-    scgi_temp_path {folder}/scgi;
-    include {snippet};
-}}
-"""
-        )
-        process = subprocess.Popen(
-            [
-                NGINX,
-                "-p",
-                f"{folder}/",
-                "-c",
-                str(main),
-                "-e",
-                str(error_log),
-                "-g",
-                f"daemon off; pid {folder}/nginx.pid;",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
-        gateway = Gateway(f"https://127.0.0.1:{port}", process, error_log)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and process.poll() is None:
-            if _listening(port):
-                return gateway
-            time.sleep(0.05)
-        stop_gateway(gateway)
-        log = error_log.read_text() if error_log.exists() else ""
-        if "Address already in use" not in log:
-            break
-    raise RuntimeError(f"nginx did not start: {log[-2000:]}")
+    values = {
+        "GATEWAY_CERT": str(pki.gateway_cert[0]),
+        "GATEWAY_KEY": str(pki.gateway_cert[1]),
+        "CLIENT_CA": str(pki.client_ca.pem),
+        "CLIENT_VERIFY": client_verify,
+        "VAULT_UPSTREAM": upstream,
+        "VAULT_CA": str(upstream_ca),
+        "VAULT_TLS_NAME": "localhost",
+    }
+    return gateway_runner.start(folder, TEMPLATE.read_text(), values, nginx=NGINX)
 
 
-def stop_gateway(gateway: Gateway) -> None:
-    if gateway.process.poll() is None:
-        gateway.process.send_signal(signal.SIGTERM)  # fast shutdown; SIGQUIT would wait for clients
-        try:
-            gateway.process.wait(10)
-        except subprocess.TimeoutExpired:
-            gateway.process.kill()
-            gateway.process.wait()
+stop_gateway = gateway_runner.stop
 
 
 @pytest.fixture(scope="module")
@@ -464,3 +371,25 @@ def test_oversized_body_is_refused(gateway: Gateway, pki: Pki, vault: VaultServe
         timeout=10,
     )
     assert response.status_code == 413
+
+
+def test_a_large_sealed_model_uploads_and_downloads_through_the_gateway(
+    gateway: Gateway, pki: Pki, vault: VaultServer, key_name: str, tmp_path: Path
+) -> None:
+    """Uploads have their own streamed location; other API bodies stay capped at 256 KiB."""
+    token = read_token_file(vault.admin_token_file)
+    plain, sealed = tmp_path / "big.bin", tmp_path / "big.mseal"
+    plain.write_bytes(os.urandom(6 << 20))
+    with VaultClient(gateway.url, token, ca=pki.gateway_ca.pem) as client:
+        client.create_key(key_name)
+        recipient = VaultRecipient.prepare(client, key_name)
+        modelseal.seal(plain, sealed, [recipient], mek=recipient.data_key)
+        model_id = f"big-{key_name}"
+        meta = client.upload_model(model_id, sealed)
+        assert meta["size"] == sealed.stat().st_size
+        client.download_model(model_id, tmp_path / "back.mseal")
+    assert (tmp_path / "back.mseal").read_bytes() == sealed.read_bytes()
+    with httpx.Client(base_url=gateway.url, verify=pki.context(), timeout=10) as http:
+        # the streamed location is for uploads only: a big body elsewhere is still refused by nginx
+        big = http.post(f"/v1/models/{model_id}/content", content=b"x" * (300 << 10))
+        assert big.status_code == 413

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..errors import RuntimeUnavailableError, UsageError
+from ..lease import LeaseKeeper, LeasePolicy, keepers
 from ..memlock import LockPolicy, default_notice, set_not_dumpable
 from ._models import CACHE_MODES, LAYOUTS, CacheMode, Identities, Layout, PathLike, check_layout
 from ._run import run
@@ -74,6 +76,10 @@ def fuse_unavailable() -> str | None:
     return None
 
 
+def _as_list(identity: Identities) -> list[object]:
+    return list(identity) if isinstance(identity, Sequence) else [identity]
+
+
 def _mountpoint(at: PathLike) -> Path:
     path = Path(at).absolute()
     if not path.is_dir():
@@ -105,12 +111,15 @@ def mount(
     cache: CacheMode = "keep",
     on_ready: Callable[[Mounted], None] | None = None,
     notice: Callable[[str], None] = default_notice,
+    lease: LeasePolicy | None = None,
 ) -> None:
     """Serve the models at ``at`` in this process until SIGTERM/SIGINT/SIGHUP or an unmount.
 
     Every model is opened, authenticated and locked before anything is mounted. ``on_ready`` is
     called once the mount answers requests. Runs trio in the calling (main) thread, and makes the
     calling process non-dumpable for good (no core dumps, no same-uid ptrace or /proc/<pid>/mem).
+    With ``lease``, identities that hold a lease (a vault device) are re-checked at its interval;
+    a lost lease unmounts and zeroizes exactly like SIGTERM.
     """
     paths = [sealed] if isinstance(sealed, str | os.PathLike) else list(sealed)
     mountpoint = _mountpoint(at)
@@ -127,9 +136,17 @@ def mount(
     _fuse.mount_options(uids)  # an allow_other refusal comes before decrypting gigabytes
     policy = LockPolicy(require=require_mlock, notice=notice)
     opened = _models.open_models(paths, identity, signer=signer, layout=layout, lock=policy)
+    watching: list[LeaseKeeper] = []
     try:
         # Same-uid processes can no longer ptrace the server or read its memory via /proc.
         set_not_dumpable()
+        if lease is not None:
+
+            def lost(reason: str) -> None:
+                notice(f"lease lost, unmounting {mountpoint}: {reason}")
+                os.kill(os.getpid(), signal.SIGTERM)  # the same clean unmount + zeroize path
+
+            watching = keepers(_as_list(identity), lease, lost)
         info = Mounted(mountpoint, os.getpid(), [f.path for f in opened.files], opened.locked)
         _fuse.serve(
             opened.files,
@@ -139,6 +156,8 @@ def mount(
             (lambda: on_ready(info)) if on_ready else (lambda: None),
         )
     finally:
+        for keeper in watching:
+            keeper.stop()
         opened.close()
 
 
@@ -176,6 +195,7 @@ __all__ = [
     "CACHE_MODES",
     "LAYOUTS",
     "CfsError",
+    "LeasePolicy",
     "LockPolicy",
     "Mounted",
     "check_layout",

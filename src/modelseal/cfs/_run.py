@@ -33,7 +33,8 @@ from types import FrameType
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .. import memfd
-from ..errors import UsageError
+from ..errors import LeaseLostError, UsageError
+from ..lease import LeasePolicy, keepers
 from ..memlock import LockPolicy
 from ._models import Identities, Layout, PathLike, open_models
 from .errors import CfsError
@@ -91,11 +92,14 @@ def run(
     require_mlock: bool = False,
     lock: LockPolicy | None = None,
     env: Mapping[str, str] | None = None,
+    lease: LeasePolicy | None = None,
 ) -> int:
     """Run ``argv`` with the models' files as sealed memfds; return its exit code (128+N if killed by N).
 
     Every model is authenticated completely before the child starts: a failing model raises
-    and no process is started. SIGTERM, SIGINT and SIGHUP are forwarded to the child.
+    and no process is started. SIGTERM, SIGINT and SIGHUP are forwarded to the child. With
+    ``lease``, a lost lease (device revoked, licence ended) stops the child with SIGTERM, closes
+    the memfds and raises LeaseLostError.
     """
     if not argv:
         raise UsageError("give the command to run after --")
@@ -126,7 +130,22 @@ def run(
         child_env.pop("MODELSEAL_FILE", None)
         if len(files) == 1:
             child_env["MODELSEAL_FILE"] = next(iter(files.values()))
-        return _spawn_and_wait(argv, fds, child_env)
+        lost: list[str] = []
+
+        def on_lost(reason: str) -> None:
+            lost.append(reason)
+            os.kill(os.getpid(), signal.SIGTERM)  # forwarded to the child by _spawn_and_wait
+
+        identities = list(identity) if isinstance(identity, Sequence) else [identity]
+        watching = keepers(identities, lease, on_lost) if lease is not None else []
+        try:
+            code = _spawn_and_wait(argv, fds, child_env)
+        finally:
+            for keeper in watching:
+                keeper.stop()
+        if lost:
+            raise LeaseLostError(f"the command was stopped because the model's lease ended: {lost[0]}")
+        return code
     finally:
         if links is not None:
             shutil.rmtree(links, ignore_errors=True)

@@ -6,6 +6,7 @@ import argparse
 import os
 import pwd
 import sys
+from typing import Any
 
 import modelseal
 from modelseal import cfs
@@ -43,10 +44,62 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="fail instead of warning when the plaintext cannot be locked in RAM (RLIMIT_MEMLOCK)",
     )
+    p.add_argument(
+        "--lease-interval",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="as a vault device: re-check the lease every S seconds; when the vault revokes the device "
+        "or the licence ends, unmount/stop and zeroize (default 300)",
+    )
+    p.add_argument(
+        "--lease-grace",
+        type=float,
+        default=900.0,
+        metavar="S",
+        help="keep serving this long after the last good answer while the vault is unreachable (default 900)",
+    )
+    p.add_argument(
+        "--model-cache",
+        default=_default_model_cache(),
+        metavar="DIR",
+        help="where models named by their vault repository id are downloaded (ciphertext only)",
+    )
+
+
+def _default_model_cache() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "modelseal", "models")
+
+
+def _resolve_models(names: list[str], identities: list[Any], cache: str) -> list[str]:
+    """Local sealed files stay as they are; a name that is no file is a model id in the vault's
+    repository, fetched (ciphertext) through the device's vault or agent into ``cache``."""
+    devices = [i for i in identities if hasattr(i, "fetch_model")]
+    resolved = []
+    for name in names:
+        if os.path.exists(name) or os.sep in name or not devices:
+            resolved.append(name)
+            continue
+        os.makedirs(cache, mode=0o700, exist_ok=True)
+        target = os.path.join(cache, f"{name}.mseal")
+        answer = devices[0].fetch_model(name, target)
+        state = "unchanged" if answer.get("not_modified") else f"{answer.get('size')} bytes"
+        _notice(f"model {name!r} from the vault repository: {target} ({state})")
+        resolved.append(target)
+    return resolved
+
+
+def _lease(args: argparse.Namespace) -> cfs.LeasePolicy:
+    try:
+        return cfs.LeasePolicy(interval=args.lease_interval, grace=args.lease_grace)
+    except ValueError as e:
+        raise CliError(str(e)) from None
 
 
 def cmd_mount(args: argparse.Namespace) -> None:
     identities = _identities(args)
+    args.sealed = _resolve_models(args.sealed, identities, args.model_cache)
     signer = modelseal.load_signer_public(args.signer) if args.signer else None
     options = {
         "signer": signer,
@@ -55,6 +108,7 @@ def cmd_mount(args: argparse.Namespace) -> None:
         "layout": args.layout,
         "cache": args.cache,
         "notice": _notice,
+        "lease": _lease(args),
     }
     if args.foreground:
 
@@ -76,6 +130,7 @@ def cmd_mount(args: argparse.Namespace) -> None:
             cache=args.cache,
             notice=_notice,
             on_ready=ready,
+            lease=_lease(args),
         )
         _notice(f"unmounted {args.at}")
         return
@@ -106,14 +161,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not command:
         raise CliError("give the command to run after --")
     identities = _identities(args)
+    sealed = _resolve_models(args.sealed, identities, args.model_cache)
     signer = modelseal.load_signer_public(args.signer) if args.signer else None
     code = cfs.run(
-        args.sealed,
+        sealed,
         identities,
         command,
         signer=signer,
         layout=args.layout,
         lock=cfs.LockPolicy(require=args.require_mlock, notice=_notice),
+        lease=_lease(args),
     )
     return code
 
@@ -175,8 +232,7 @@ def add_commands(add: AddParser) -> None:
     _model_args(p)
     p.add_argument("rest", nargs=argparse.REMAINDER, help="SEALED... -- CMD [ARGS...]")
     p.epilog = (
-        (p.epilog or "")
-        + "\n\nthe command finds its files through:\n"
+        (p.epilog or "") + "\n\nthe command finds its files through:\n"
         "  MODELSEAL_DIR    private folder of links, same layout as `cfs mount`\n"
         "  MODELSEAL_FILES  JSON object: file name -> path\n"
         "  MODELSEAL_FILE   the path, when there is exactly one file"

@@ -103,11 +103,27 @@ def cmd_verify(args: argparse.Namespace) -> None:
     )
 
 
+def _load(card: Any, args: argparse.Namespace, sealed: str) -> Any:
+    """Load with the card's session key, or (--vault-device) through an attested vault release."""
+    if not args.vault_device:
+        return card.load(sealed)
+    from modelseal.cli.vault import _need_extra
+
+    _need_extra()
+    from modelseal.vault.attested import release_to_device
+    from modelseal.vault.client import VaultClient
+
+    with VaultClient.from_settings(args.vault, None, args.vault_ca, token_required=False) as vault:
+        return release_to_device(
+            vault, card, sealed, device=args.vault_device, domain=args.domain, key_name=args.key_name
+        )
+
+
 def cmd_load(args: argparse.Namespace) -> None:
     from modelseal import device
 
     with device.DeviceClient(args.ip, args.port, args.device, timeout=args.timeout) as card:
-        loaded = card.load(args.sealed)
+        loaded = _load(card, args, args.sealed)
     print(loaded.handle)
     _notice(
         f"device {args.device} loaded {args.sealed} as {loaded.handle} (session {loaded.session_counter}); "
@@ -140,7 +156,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     if (args.sealed is None) == (args.handle is None):
         raise CliError("give a sealed model to load, or --handle of one already loaded (one of them)")
     with device.DeviceClient(args.ip, args.port, args.device, timeout=args.timeout) as card:
-        loaded = card.load(args.sealed) if args.sealed else None
+        loaded = _load(card, args, args.sealed) if args.sealed else None
         handle = loaded.handle if loaded else args.handle
         outputs = card.run(handle, _inputs(args.input, loaded))
     if args.json:
@@ -177,6 +193,18 @@ def _card_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"its gRPC port (default {DEFAULT_PORT})")
     p.add_argument("-d", "--device", type=int, default=0, metavar="ID", help="device id (default 0)")
     p.add_argument("--timeout", type=float, default=300.0, metavar="S", help="seconds per call (default 300)")
+
+
+def _vault_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "attested key release",
+        "with --vault-device the vault releases the model's key to the card after checking its report",
+    )
+    g.add_argument("--vault-device", metavar="NAME", help="the card's device name in the vault")
+    g.add_argument("--vault", metavar="URL", help="vault address (env MODELSEAL_VAULT_ADDR)")
+    g.add_argument("--vault-ca", metavar="CA.pem", help="CA to trust (env MODELSEAL_VAULT_CA)")
+    g.add_argument("--domain", default="default", help="the vault domain (default: default)")
+    g.add_argument("--key-name", metavar="K", help="which `vault` stanza, if the model has several")
 
 
 def add_commands(add: AddParser) -> None:
@@ -248,6 +276,7 @@ def add_commands(add: AddParser) -> None:
         "modelseal device load --ip 127.0.0.1 -d 0 encryptqpc/model.onnx.mseal",
     )
     _card_args(p)
+    _vault_args(p)
     p.add_argument("sealed", metavar="MODEL.mseal")
     p.set_defaults(func=cmd_load)
 
@@ -257,6 +286,7 @@ def add_commands(add: AddParser) -> None:
         "modelseal device run --ip 127.0.0.1 -d 0 model.onnx.mseal --input input=x.npy",
     )
     _card_args(p)
+    _vault_args(p)
     p.add_argument("sealed", nargs="?", metavar="MODEL.mseal")
     p.add_argument("--handle", help="a model loaded earlier with `device load` (same session)")
     p.add_argument(

@@ -37,6 +37,7 @@ EXIT_CODES = """exit codes:
   14 vault: key not found
   15 vault sealed or unreachable
   16 vault audit chain broken
+  17 lease lost: the vault revoked this device or its licence ended (model closed)
   130 interrupted
 """
 
@@ -97,7 +98,7 @@ def _identities(args: argparse.Namespace, required: bool = True) -> list[Identit
     pw = _passphrase(args, confirm=False)
     if pw is not None:
         found.append(modelseal.Passphrase(pw))
-    if getattr(args, "vault", None) or getattr(args, "device", None) or getattr(args, "psk_file", None):
+    if any(getattr(args, name, None) for name in ("vault", "agent", "device", "psk_file")):
         from .vault import vault_identity
 
         found.append(vault_identity(args))
@@ -366,8 +367,13 @@ def _identity_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vault", metavar="URL", help="let this vault unwrap `vault` stanzas")
     p.add_argument("--vault-token-file", metavar="F", help="vault token (env MODELSEAL_VAULT_TOKEN_FILE)")
     p.add_argument("--vault-ca", metavar="CA.pem", help="CA to trust for the vault (env MODELSEAL_VAULT_CA)")
-    p.add_argument("--device", metavar="ID", help="with --vault: open as this device (key release)")
-    p.add_argument("--psk-file", metavar="F", help="with --device: the device's PSK (32 bytes or 64 hex)")
+    p.add_argument(
+        "--agent",
+        metavar="ADDR",
+        help="open as a device through the edge agent at unix:PATH (or its URL); needs --psk-file",
+    )
+    p.add_argument("--device", metavar="ID", help="open as this device (default: the name in the PSK file)")
+    p.add_argument("--psk-file", metavar="F", help="the device's PSK file (from `vault device create`)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -558,6 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .vault import add_commands as add_vault_commands  # same reason as cfs
 
     add_vault_commands(add)
+    from .agent import add_commands as add_agent_commands  # same reason as cfs
+
+    add_agent_commands(add)
     return parser
 
 

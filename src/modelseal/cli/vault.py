@@ -64,17 +64,29 @@ def vault_identity(args: argparse.Namespace) -> Identity:
     from modelseal.vault.client import VaultClient
 
     device, psk_file = getattr(args, "device", None), getattr(args, "psk_file", None)
-    if device or psk_file:
-        from modelseal.vault.device_identity import DeviceIdentity, load_psk
+    agent = getattr(args, "agent", None)
+    if device or psk_file or agent:
+        from modelseal.vault.device_identity import DeviceIdentity
 
-        if not (device and psk_file):
-            raise CliError("--device and --psk-file go together (with --vault URL)")
-        client = VaultClient.from_settings(args.vault, None, args.vault_ca, token_required=False)
-        return DeviceIdentity(client, device, load_psk(psk_file))
+        if not psk_file:
+            raise CliError("a device needs its --psk-file (with --agent unix:PATH or --vault URL)")
+        if agent and args.vault:
+            raise CliError("give --agent or --vault, not both: a device talks to one of them")
+        client = VaultClient.from_settings(agent or args.vault, None, args.vault_ca, token_required=False)
+        return DeviceIdentity.from_psk_file(client, psk_file, device=device)
 
     from modelseal.vault.recipient import VaultIdentity
 
     return VaultIdentity(VaultClient.from_settings(args.vault, args.vault_token_file, args.vault_ca))
+
+
+def _size(text: str) -> int:
+    from modelseal.vault.models import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -87,13 +99,42 @@ def _listen(text: str) -> tuple[str, int]:
 # --- commands -----------------------------------------------------------------------------------
 
 
+def _root_options(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(ShamirOptions | None, Pkcs11Options | None) from init's flags; each set belongs to one root."""
+    from modelseal.vault.pkcs11_root import Pkcs11Options
+    from modelseal.vault.shamir_root import ShamirOptions
+
+    shamir = {"--shares": args.shares, "--threshold": args.threshold, "--share-dir": args.share_dir}
+    pkcs11 = {"--module": args.module, "--token": args.token, "--pin-file": args.pin_file}
+    for root, given in (("shamir", shamir), ("pkcs11", {**pkcs11, "--key-label": args.key_label})):
+        stray = [name for name, value in given.items() if value is not None]
+        if stray and args.root != root:
+            raise CliError(f"{', '.join(stray)}: only with --root {root}")
+    needed = {"shamir": shamir, "pkcs11": pkcs11}.get(args.root, {})
+    missing = [name for name, value in needed.items() if value is None]
+    if missing:
+        raise CliError(f"--root {args.root} needs {', '.join(missing)}")
+    if args.root == "shamir":
+        return ShamirOptions(args.shares, args.threshold, Path(args.share_dir)), None
+    if args.root == "pkcs11":
+        return None, Pkcs11Options(args.module, args.token, Path(args.pin_file), args.key_label)
+    return None, None
+
+
 def cmd_init(args: argparse.Namespace) -> None:
     _need_extra()
     from modelseal.vault import datadir
 
-    token = datadir.init(args.data, args.root, args.database)
+    shamir, pkcs11 = _root_options(args)
+    token = datadir.init(args.data, args.root, args.database, shamir=shamir, pkcs11=pkcs11)
+    root = {
+        "key-file": f"root key ({args.data}/{datadir.ROOT_FILE})",
+        "shamir": f"root split into {args.shares} shares in {args.share_dir} (any {args.threshold} "
+        "unseal it: hand each to its keeper, then delete it there; the vault starts sealed)",
+        "pkcs11": f"root encrypted by a non-extractable key in PKCS#11 token {args.token!r}",
+    }[args.root]
     print(
-        f"initialised a vault in {args.data}: root key, database, TLS CA ({args.data}/tls/ca.pem); "
+        f"initialised a vault in {args.data}: {root}, database, TLS CA ({args.data}/tls/ca.pem); "
         f"the first admin token is in {args.data}/{datadir.TOKEN_FILE} and below (shown once):",
         file=sys.stderr,
     )
@@ -107,7 +148,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
     host, port = _listen(args.listen)
     if args.insecure_http:
         print("modelseal: WARNING: serving plain HTTP (--insecure-http): for tests only", file=sys.stderr)
-    datadir.serve(args.data, host, port, database_url=args.database, insecure_http=args.insecure_http)
+    datadir.serve(
+        args.data,
+        host,
+        port,
+        database_url=args.database,
+        insecure_http=args.insecure_http,
+        models_dir=args.models_dir,
+        max_model_size=args.max_model_size,
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -126,7 +175,38 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_seal_vault(args: argparse.Namespace) -> None:
     with _client(args) as client:
         client.seal_vault()
-    print("the vault is sealed: key routes answer 503 until it is restarted", file=sys.stderr)
+    print(
+        "the vault is sealed: key routes answer 503 until it is restarted "
+        "(a Shamir vault: until `modelseal vault unseal` got the threshold of shares again)",
+        file=sys.stderr,
+    )
+
+
+def cmd_unseal(args: argparse.Namespace) -> None:
+    _need_extra()
+    from modelseal.vault.shamir_root import parse_share, read_share_file
+
+    if args.share_file:
+        share = read_share_file(args.share_file)
+    else:
+        import getpass
+
+        try:
+            share = getpass.getpass("unseal share (input hidden): ").strip()
+        except EOFError:
+            raise CliError("no share given: type it at the prompt or use --share-file F") from None
+    parse_share(share)  # a typo fails here, before it reaches the vault or its rate limit
+    with _client(args, token_required=False) as client:
+        answer = client.unseal(share)
+    if answer.get("sealed") is False:
+        print("the vault is unsealed", file=sys.stderr)
+    else:
+        print(
+            f"share accepted: {answer.get('progress')} of {answer.get('threshold')}; the vault stays sealed "
+            "until the threshold is reached",
+            file=sys.stderr,
+        )
+    _print(answer)
 
 
 def cmd_key_create(args: argparse.Namespace) -> None:
@@ -197,8 +277,12 @@ def cmd_token_create(args: argparse.Namespace) -> None:
         _print(answer)
 
 
-def _write_psk(psk: bytes, target: str) -> None:
-    """The PSK goes to a new 0600 file, or to stdout only when asked for with `-`."""
+def _write_psk(psk: bytes, target: str, device: str = "", domain: str = "") -> None:
+    """The PSK goes to a new 0600 file, or to stdout only when asked for with `-`.
+
+    The file also names the device (and its domain) in `#` lines, so `--psk-file` alone is enough
+    for a container to know who it is (load_credential reads them).
+    """
     import os
 
     if target == "-":
@@ -211,6 +295,10 @@ def _write_psk(psk: bytes, target: str) -> None:
     except OSError as e:
         raise modelseal.OutputError(f"cannot write {target}: {e.strerror}") from None
     with os.fdopen(fd, "w") as f:
+        if device:
+            f.write(f"# device: {device}\n")
+        if domain:
+            f.write(f"# domain: {domain}\n")
         f.write(psk.hex() + "\n")
     print(f"wrote the device PSK to {target} (give it to the device only)", file=sys.stderr)
 
@@ -224,14 +312,14 @@ def _device_meta(meta: dict[str, Any], to_stderr: bool) -> None:
 def cmd_device_create(args: argparse.Namespace) -> None:
     with _client(args) as client:
         meta, psk = client.create_device(args.name, args.group or [])
-    _write_psk(psk, args.psk_out)
+    _write_psk(psk, args.psk_out, args.name, str(meta.get("domain", "")))
     _device_meta(meta, args.psk_out == "-")
 
 
 def cmd_device_rotate(args: argparse.Namespace) -> None:
     with _client(args) as client:
         meta, psk = client.rotate_psk(args.name)
-    _write_psk(psk, args.psk_out)
+    _write_psk(psk, args.psk_out, args.name, str(meta.get("domain", "")))
     _device_meta(meta, args.psk_out == "-")
 
 
@@ -253,6 +341,20 @@ def cmd_device_revoke(args: argparse.Namespace) -> None:
 def cmd_device_unlock(args: argparse.Namespace) -> None:
     with _client(args) as client:
         _print(client.unlock_device(args.name))
+
+
+def cmd_device_enroll(args: argparse.Namespace) -> None:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    # DEV.pub is what `modelseal signer` writes for a card (`modelseal device verify` reads it too).
+    public = modelseal.load_signer_public(args.device_pub).public_bytes(Encoding.Raw, PublicFormat.Raw)
+    measurement = None
+    if args.measurement:
+        from modelseal.device.measurement import parse_measurement
+
+        measurement = parse_measurement(args.measurement)
+    with _client(args) as client:
+        _print(client.enroll_device(args.name, public, measurement))
 
 
 def cmd_policy_create(args: argparse.Namespace) -> None:
@@ -288,6 +390,31 @@ def cmd_licence_create(args: argparse.Namespace) -> None:
 def cmd_licence_read(args: argparse.Namespace) -> None:
     with _client(args) as client:
         _print(client.read_licence(args.name))
+
+
+# --- model repository (vault model ...) ----------------------------------------------------------
+
+
+def cmd_model_upload(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        _print(client.upload_model(args.id, args.file, replace=args.replace))
+
+
+def cmd_model_list(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        _print({"models": client.list_models()})
+
+
+def cmd_model_show(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        _print(client.model_info(args.id))
+
+
+def cmd_model_download(args: argparse.Namespace) -> None:
+    if Path(args.output).exists() and not args.force:
+        raise modelseal.OutputError(f"{args.output} exists (give --force to replace it)")
+    with _client(args) as client:
+        _print(client.download_model(args.id, args.output))
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> None:
@@ -362,8 +489,22 @@ def add_commands(add: AddParser) -> None:
         )
     )
     p.add_argument(
-        "--root", choices=("key-file",), default="key-file", help="root of trust (default key-file)"
+        "--root",
+        choices=("key-file", "shamir", "pkcs11"),
+        default="key-file",
+        help="root of trust (default key-file)",
     )
+    shamir_flags = p.add_argument_group("--root shamir (the vault starts sealed; `vault unseal` opens it)")
+    shamir_flags.add_argument("--shares", type=int, metavar="N", help="how many shares to make (e.g. 5)")
+    shamir_flags.add_argument("--threshold", type=int, metavar="K", help="how many unseal the vault (e.g. 3)")
+    shamir_flags.add_argument(
+        "--share-dir", metavar="D", help="folder for the share files (share-1.txt ..., 0600), written once"
+    )
+    token_flags = p.add_argument_group("--root pkcs11 (the root is encrypted by a key kept in the token)")
+    token_flags.add_argument("--module", metavar="SO", help="e.g. /usr/lib/softhsm/libsofthsm2.so")
+    token_flags.add_argument("--token", metavar="LABEL", help="the token's label")
+    token_flags.add_argument("--pin-file", metavar="F", help="user PIN file (0600); serve reads it too")
+    token_flags.add_argument("--key-label", metavar="L", help="label of the AES key made in the token")
     p.set_defaults(func=cmd_init)
 
     p = data(
@@ -379,6 +520,17 @@ def add_commands(add: AddParser) -> None:
         "--insecure-http",
         action="store_true",
         help="serve plain HTTP without TLS: for tests only, never deploy",
+    )
+    p.add_argument(
+        "--models-dir",
+        metavar="DIR",
+        help="the model repository's files (default DATA/models; one shared folder for replicas)",
+    )
+    p.add_argument(
+        "--max-model-size",
+        type=_size,
+        metavar="SIZE",
+        help="largest model upload accepted, bytes or with K/M/G/T (default 64G)",
     )
     p.set_defaults(func=cmd_serve)
 
@@ -401,6 +553,17 @@ def add_commands(add: AddParser) -> None:
         )
     )
     p.set_defaults(func=cmd_seal_vault)
+
+    p = api(
+        leaf(
+            groups,
+            "unseal",
+            "give one Shamir share to a sealed vault (no token); prompts when no --share-file",
+            "modelseal vault unseal --vault https://127.0.0.1:8180 --ca ca.pem --share-file share-2.txt",
+        )
+    )
+    p.add_argument("--share-file", metavar="F", help="file holding one share (else a hidden prompt)")
+    p.set_defaults(func=cmd_unseal)
 
     key = leaf(groups, "key", "manage master keys", "modelseal vault key create models-2026")
     keys = key.add_subparsers(dest="key_command", required=True, metavar="COMMAND")
@@ -490,6 +653,20 @@ def add_commands(add: AddParser) -> None:
         p.set_defaults(func=func)
     p = api(leaf(device_cmds, "list", "list the devices of your domain", "modelseal vault device list"))
     p.set_defaults(func=cmd_device_list)
+    p = api(
+        leaf(
+            device_cmds,
+            "enroll",
+            "enrol a device's card identity key for attestation-based key release",
+            "modelseal vault device enroll cam-17 --device-pub dev0.pub --measurement HEX",
+        )
+    )
+    p.add_argument("name")
+    p.add_argument(
+        "--device-pub", required=True, metavar="DEV.pub", help="the card's Ed25519 identity public key"
+    )
+    p.add_argument("--measurement", metavar="HEX", help="require reports to carry this software measurement")
+    p.set_defaults(func=cmd_device_enroll)
 
     policy = leaf(
         groups,
@@ -543,6 +720,50 @@ def add_commands(add: AddParser) -> None:
     )
     p.add_argument("name")
     p.set_defaults(func=cmd_licence_read)
+
+    model = leaf(
+        groups,
+        "model",
+        "the model repository: sealed files devices download (by policy on their vault keys)",
+        "modelseal vault model upload model.mseal --id resnet50",
+    )
+    model_cmds = model.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
+    p = api(
+        leaf(
+            model_cmds,
+            "upload",
+            "upload a sealed model file (admin, operator); it is streamed, never held in memory",
+            "modelseal vault model upload model.mseal --id resnet50",
+        )
+    )
+    p.add_argument("file", metavar="FILE", help="a sealed model (.mseal)")
+    p.add_argument("--id", required=True, metavar="ID", help="the model's id in the repository")
+    p.add_argument("--replace", action="store_true", help="overwrite an existing model of that id")
+    p.set_defaults(func=cmd_model_upload)
+    p = api(leaf(model_cmds, "list", "list the models of your domain", "modelseal vault model list"))
+    p.set_defaults(func=cmd_model_list)
+    p = api(
+        leaf(
+            model_cmds,
+            "show",
+            "show a model's metadata (size, SHA-256, vault keys)",
+            "modelseal vault model show resnet50",
+        )
+    )
+    p.add_argument("id", metavar="ID")
+    p.set_defaults(func=cmd_model_show)
+    p = api(
+        leaf(
+            model_cmds,
+            "download",
+            "download a model (admin, operator), checked against its SHA-256, written atomically",
+            "modelseal vault model download resnet50 -o resnet50.mseal",
+        )
+    )
+    p.add_argument("id", metavar="ID")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="file to write")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=cmd_model_download)
 
     audit = leaf(groups, "audit", "the audit trail", "modelseal vault audit verify --data ./vault")
     audits = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")

@@ -8,6 +8,8 @@
         outputs = card.run(model.handle, {"input": x})
 
 The card itself: ``modelseal.device.serve(device_id, identity_key, port=...)`` or ``DeviceServer``.
+A key service can release the file key to a card instead (``modelseal.vault.attested``): the card
+gets it HPKE-sealed to its session key, as a ``SealedRelease`` alongside the model's bytes.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ try:
 except ImportError:  # pragma: no cover - exercised only without the extra
     raise RuntimeUnavailableError("grpcio/protobuf", "device") from None
 
-from .client import DeviceClient, LoadedModel, TensorSpec, attest
+from .client import DeviceClient, LoadedModel, SealedRelease, TensorSpec, attest
 from .errors import AttestationError, DeviceError
 from .measurement import parse_measurement, software_measurement
 from .report import DEFAULT_MAX_AGE, Report, SessionKey, verify_report
@@ -37,6 +39,7 @@ __all__ = [
     "DeviceService",
     "LoadedModel",
     "Report",
+    "SealedRelease",
     "SessionKey",
     "TensorSpec",
     "attest",

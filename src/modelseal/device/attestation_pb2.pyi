@@ -35,12 +35,30 @@ class AttestationReport(_message.Message):
     def __init__(self, version: _Optional[int] = ..., device_id: _Optional[int] = ..., session_public_key: _Optional[bytes] = ..., request_digest: _Optional[bytes] = ..., measurement: _Optional[bytes] = ..., session_counter: _Optional[int] = ..., timestamp: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class ModelChunk(_message.Message):
-    __slots__ = ("device_id", "data")
+    __slots__ = ("device_id", "data", "release")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
     device_id: int
     data: bytes
-    def __init__(self, device_id: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+    release: VaultRelease
+    def __init__(self, device_id: _Optional[int] = ..., data: _Optional[bytes] = ..., release: _Optional[_Union[VaultRelease, _Mapping]] = ...) -> None: ...
+
+class VaultRelease(_message.Message):
+    __slots__ = ("sealed", "domain", "device", "key_name", "key_version", "nonce")
+    SEALED_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    KEY_NAME_FIELD_NUMBER: _ClassVar[int]
+    KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    sealed: bytes
+    domain: str
+    device: str
+    key_name: str
+    key_version: int
+    nonce: bytes
+    def __init__(self, sealed: _Optional[bytes] = ..., domain: _Optional[str] = ..., device: _Optional[str] = ..., key_name: _Optional[str] = ..., key_version: _Optional[int] = ..., nonce: _Optional[bytes] = ...) -> None: ...
 
 class LoadModelResponse(_message.Message):
     __slots__ = ("handle", "session_counter", "inputs", "outputs")

@@ -2,7 +2,8 @@
 
 The host is untrusted, and this module is written so that it cannot be otherwise: it never parses a
 sealed model, never loads a key that opens one and imports nothing that decrypts. A model is sent
-as the exact bytes of its file, read in chunks; only the card can open them.
+as the exact bytes of its file, read in chunks; only the card can open them. A key the vault
+released to the card travels the same way: sealed to the card's session key, relayed untouched.
 """
 
 from __future__ import annotations
@@ -34,6 +35,32 @@ class TensorSpec:
     name: str
     type: str
     shape: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SealedRelease:
+    """A file key the vault released to a card after checking its report (see modelseal.vault).
+
+    ``sealed`` is HPKE-sealed to the card's session key; the other fields are what the card needs
+    to rebuild the HPKE info, so it opens only for this device, key, version and nonce.
+    """
+
+    sealed: bytes
+    domain: str
+    device: str
+    key_name: str
+    key_version: int
+    nonce: bytes
+
+    def to_message(self) -> pb.VaultRelease:
+        return pb.VaultRelease(
+            sealed=self.sealed,
+            domain=self.domain,
+            device=self.device,
+            key_name=self.key_name,
+            key_version=self.key_version,
+            nonce=self.nonce,
+        )
 
 
 @dataclass(frozen=True)
@@ -102,20 +129,25 @@ class DeviceClient:
         data: bytes = report.SerializeToString()
         return data
 
-    def load(self, sealed: str | os.PathLike[str]) -> LoadedModel:
-        """Stream the sealed file's bytes, unchanged, to the card."""
+    def load(self, sealed: str | os.PathLike[str], release: SealedRelease | None = None) -> LoadedModel:
+        """Stream the sealed file's bytes, unchanged, to the card (with a vault release, if given)."""
         path = Path(sealed)
         try:
             f = path.open("rb")
         except OSError as e:
             raise UsageError(f"cannot open {path}: {e.strerror}") from None
         with f:
-            return self.load_stream(iter(lambda: f.read(CHUNK), b""))
+            return self.load_stream(iter(lambda: f.read(CHUNK), b""), release)
 
-    def load_stream(self, chunks: Iterable[bytes]) -> LoadedModel:
+    def load_stream(self, chunks: Iterable[bytes], release: SealedRelease | None = None) -> LoadedModel:
         def messages() -> Iterator[pb.ModelChunk]:
+            first = release.to_message() if release is not None else None
             for data in chunks:
-                yield pb.ModelChunk(device_id=self.device_id, data=data)
+                if first is not None:
+                    yield pb.ModelChunk(device_id=self.device_id, data=data, release=first)
+                    first = None
+                else:
+                    yield pb.ModelChunk(device_id=self.device_id, data=data)
 
         response = self._call("stream_unary", "LoadModel", pb.ModelChunk, pb.LoadModelResponse, messages())
         return LoadedModel(

@@ -3,8 +3,9 @@
 A real card measures its firmware in hardware; the emulated card hashes the source of the modelseal
 code it runs to open and execute models, so an owner who installed the same release can compute the
 value it expects (`modelseal device measure`) and refuse a card running anything else. Host-side
-tools (cli, cfs) and the key service are not part of the card and are left out, so changing them
-does not change the measurement.
+tools (cli, cfs, the edge agent) and the key service are not part of the card and are left out, so
+changing them does not change the measurement; the vault's release protocol, which the card runs
+to open released keys, is the exception.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ from pathlib import Path
 
 from ..errors import UsageError
 
-_EXCLUDED = {"cli", "cfs", "vault", "__pycache__"}
+_EXCLUDED = {"agent", "cli", "cfs", "vault", "__pycache__"}
+# The card opens keys the vault released to it with the release protocol (HPKE suite and info):
+# that much of vault/ runs on the card, so it is measured.
+_CARD_FILES = {"vault/__init__.py", "vault/errors.py", "vault/protocol.py"}
 MEASUREMENT_SIZE = 32
 
 
@@ -27,7 +31,9 @@ def measured_files(root: Path | None = None) -> list[Path]:
     found = [
         p
         for p in base.rglob("*")
-        if p.suffix in {".py", ".proto"} and p.is_file() and not _EXCLUDED & set(p.relative_to(base).parts)
+        if p.suffix in {".py", ".proto"}
+        and p.is_file()
+        and (p.relative_to(base).as_posix() in _CARD_FILES or not _EXCLUDED & set(p.relative_to(base).parts))
     ]
     return sorted(found, key=lambda p: p.relative_to(base).as_posix())
 

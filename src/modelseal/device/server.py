@@ -7,6 +7,10 @@ exported: a model wrapped to an older session cannot be opened after a reset. St
 is spooled into an anonymous memfd (nothing is written to disk) and opened with modelseal's
 open semantics through the ONNX Runtime loader, which decrypts into memory and zeroizes the
 plaintext once ONNX Runtime holds its parsed copy.
+
+The file key comes from an x25519 stanza wrapped to the current session key, or from the vault:
+after verifying this card's report, the vault HPKE-seals the key of the model's `vault` stanza to
+the report's session key, the host relays that in LoadModel, and only this process can open it.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from types import FrameType, TracebackType
@@ -28,8 +32,10 @@ import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..errors import FormatError, IntegrityError, ModelSealError, NoMatchingIdentityError, UsageError
+from ..format.header import Stanza
 from ..recipients import X25519Identity
 from ..recipients.x25519 import public_bytes
+from ..vault import protocol as release_protocol
 from . import attestation_pb2 as pb
 from . import tensors
 from .errors import DeviceError
@@ -68,6 +74,57 @@ class _State:
     session_key: X25519Identity
     counter: int
     models: dict[str, _Loaded] = field(default_factory=dict)
+
+
+# enc (32) || AES-256-GCM of a 256-bit file key (32) || tag (16): what the vault's release seals.
+RELEASED_KEY_SIZE = 32 + 32 + 16
+_VAULT_STANZA = "vault"
+
+
+class _ReleasedKey:
+    """An identity that opens the vault's sealed file key with the session key, inside the card.
+
+    It offers the key only to a model whose `vault` stanza names the released key and version; the
+    header MAC then checks it is that model's key. A key sealed to an earlier session (the card was
+    reset since) or relabelled by the host does not open, which reads as "not this session".
+    """
+
+    def __init__(self, session_key: X25519Identity, release: pb.VaultRelease) -> None:
+        self._session_key = session_key
+        self._release = release
+
+    def unwrap(self, stanzas: Sequence[Stanza]) -> Iterator[bytes]:
+        r = self._release
+        wanted = (r.key_name.encode(), str(r.key_version).encode())
+        if not any(s.type == _VAULT_STANZA and tuple(s.args) == wanted for s in stanzas):
+            return
+        info = release_protocol.attest_hpke_info(
+            domain=r.domain,
+            device=r.device,
+            key_name=r.key_name,
+            key_version=r.key_version,
+            nonce_digest=request_digest(r.nonce),
+        )
+        try:
+            key = release_protocol.SUITE.decrypt(r.sealed, self._session_key.private_key, info=info)
+        except Exception:  # InvalidTag, or a malformed encapsulated key
+            return
+        yield key
+
+
+def _check_release(release: pb.VaultRelease) -> None:
+    """Bound what the host sent before any of it is used."""
+    names = (release.domain, release.device, release.key_name)
+    if (
+        len(release.sealed) != RELEASED_KEY_SIZE
+        or len(release.nonce) != release_protocol.ATTEST_NONCE_SIZE
+        or release.key_version < 1
+        or not all(1 <= len(name) <= 128 for name in names)
+    ):
+        raise _Refused(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "malformed vault release (sealed key, nonce, names or key version out of bounds)",
+        )
 
 
 def _one_line(error: BaseException) -> str:
@@ -130,9 +187,13 @@ class DeviceService:
         try:
             size = 0
             first = True
+            release: pb.VaultRelease | None = None
             for chunk in chunks:
                 if first:
                     self._check_device(chunk.device_id)
+                    if chunk.HasField("release"):
+                        release = chunk.release
+                        _check_release(release)
                     first = False
                 size += len(chunk.data)
                 if size > self._max_model_size:
@@ -147,9 +208,10 @@ class DeviceService:
             # The session key is read once: a Reset during the load must not mix two sessions.
             with self._lock:
                 key, counter = self._state.session_key, self._state.counter
+            identity = key if release is None else _ReleasedKey(key, release)
             try:
                 session = load_session(
-                    f"/proc/self/fd/{fd}", key, signer=self._signer, providers=["CPUExecutionProvider"]
+                    f"/proc/self/fd/{fd}", identity, signer=self._signer, providers=["CPUExecutionProvider"]
                 )
             except ModelSealError:
                 raise

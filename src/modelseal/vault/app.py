@@ -21,6 +21,7 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from . import protocol, wrapping
+from .bodies import read_bounded
 from .devices import DeviceStore, ReleaseDenied, ReleaseRequest
 from .errors import KeyServiceError, PermissionDenied, Unavailable
 from .store import DEFAULT_DOMAIN, Principal, Store
@@ -140,7 +141,7 @@ def parse_release(data: bytes) -> ReleaseRequest:
     )
 
 
-def create_app(store: Store) -> FastAPI:
+def create_app(store: Store, *, models_dir: str | None = None, max_model_size: int | None = None) -> FastAPI:
     app = FastAPI(
         title="modelseal vault",
         version="1",
@@ -194,6 +195,12 @@ def create_app(store: Store) -> FastAPI:
         store.record(who, "sys.seal")  # recorded first: sealing forgets the key the audit HMACs need
         store.barrier.seal()
         return {"sealed": True}
+
+    # POST /v1/sys/unseal (Shamir shares), GET /v1/sys/seal-status, and the guard that answers 503
+    # with Retry-After on every other route while sealed.
+    from . import unseal_api
+
+    unseal_api.add_routes(app, store)
 
     @app.get(f"{API_PREFIX}/keys")
     def list_keys(who: Caller) -> dict[str, Any]:
@@ -333,14 +340,9 @@ def create_app(store: Store) -> FastAPI:
         # No bearer token: the PSK proof in the body is the device's authentication.
         if store.barrier.sealed:
             return _error(503, "sealed", "the vault is sealed")
-        # Read at most the limit: a huge body must not be buffered before it is refused.
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_RELEASE_BODY:
-                return _error(413, "invalid_request", "the release request is too large")
-            chunks.append(chunk)
-        data = b"".join(chunks)
+        data = await read_bounded(request, MAX_RELEASE_BODY)
+        if data is None:
+            return _error(413, "invalid_request", "the release request is too large")
         try:
             req = parse_release(data)
         except _BadRelease as e:
@@ -365,6 +367,12 @@ def create_app(store: Store) -> FastAPI:
 
     app.add_route(f"{API_PREFIX}/release", release, methods=["POST"], include_in_schema=False)
 
+    # Imported here: attestation.py reuses this module's release parsing, so a top-level import
+    # would be circular.
+    from .attestation import add_routes as add_attestation_routes
+
+    add_attestation_routes(app, devices, caller, allow)
+
     @app.get(f"{API_PREFIX}/audit")
     def audit(
         who: Caller,
@@ -373,5 +381,19 @@ def create_app(store: Store) -> FastAPI:
     ) -> dict[str, Any]:
         allow(who, READ_AUDIT, "audit.read")
         return {"records": store.audit_records(who, after, limit)}
+
+    # --- model repository and lease checks (device-authenticated requests): their own modules ---
+    from . import leases, models
+
+    leases.add_routes(app, store, devices)
+    models.add_routes(
+        app,
+        store,
+        devices,
+        caller=caller,
+        allow=allow,
+        models_dir=models_dir,
+        max_size=max_model_size or models.DEFAULT_MAX_MODEL_SIZE,
+    )
 
     return app

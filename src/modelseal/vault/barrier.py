@@ -5,9 +5,12 @@ material. Each ciphertext's AAD names its table, row and purpose, so a ciphertex
 another row (say, an old key version's material into a newer version) fails to decrypt instead of
 silently changing which key is used.
 
-The root comes from a key file in this increment; Shamir shares and PKCS#11 tokens are later roots
-behind the same :class:`Barrier` protocol. A barrier may be *sealed* (no root in memory): then every
-operation needing a secret raises :class:`Unavailable`, which the API turns into 503.
+The root is 32 bytes from one of three places (ARCHITECTURE §5): a key file (:class:`KeyFileBarrier`,
+the embedded default), Shamir shares (``shamir_root.ShamirBarrier``: starts sealed and unseals when
+the threshold of shares arrived) or a PKCS#11 token (``pkcs11_root``: the token decrypts the root at
+start). All of them are a :class:`RootBarrier`: only keys derived from the root stay in memory. A
+barrier may be *sealed* (nothing in memory): then every operation needing a secret raises
+:class:`Unavailable`, which the API turns into 503.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ _BLOB_VERSION = b"\x01"
 _NONCE_SIZE = 12
 _STORAGE_INFO = b"modelseal vault barrier v1 storage"
 _HMAC_INFO = b"modelseal vault barrier v1 hmac"
+_CHECK_INFO = b"modelseal vault barrier v1 key check"
+KEY_CHECK_SIZE = 32
 
 
 @runtime_checkable
@@ -56,6 +61,18 @@ class Barrier(Protocol):
         ...
 
 
+@runtime_checkable
+class Unsealable(Protocol):
+    """A barrier that the API can unseal from shares (POST /v1/sys/unseal)."""
+
+    def submit_share(self, text: str) -> dict[str, object]:
+        """Take one share; answers ``{"sealed": true, "progress": n, "threshold": t}`` until the
+        threshold of distinct shares unseals the barrier, then ``{"sealed": false}``."""
+        ...
+
+    def unseal_status(self) -> dict[str, object]: ...
+
+
 def _field(text: str) -> bytes:
     data = text.encode()
     return struct.pack(">H", len(data)) + data
@@ -66,25 +83,38 @@ def storage_aad(table: str, row: str, purpose: str) -> bytes:
     return b"modelseal vault barrier v1" + _field(table) + _field(row) + _field(purpose)
 
 
-def _derive(root: bytes, info: bytes) -> bytes:
+def _derive(root: bytes | bytearray, info: bytes) -> bytes:
+    # HKDF takes any bytes-like input, so a caller can pass a bytearray root and wipe it afterwards.
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(root)
 
 
-class KeyFileBarrier:
-    """A barrier whose root is 32 random bytes in a file (mode 0600), the embedded default."""
+def key_check(root: bytes | bytearray, vault_id: str) -> bytes:
+    """A value stored at init that tells whether a reconstructed root is this vault's root.
 
-    def __init__(self, root: bytes | None) -> None:
+    It is an HMAC under a key derived from the root (never the root itself), bound to the vault id,
+    so it reveals nothing about the root and a root of another vault cannot match it.
+    """
+    check_key = _derive(root, _CHECK_INFO)
+    return hmac.new(
+        check_key, b"modelseal vault root key check v1" + _field(vault_id), hashlib.sha256
+    ).digest()
+
+
+def matches_key_check(root: bytes | bytearray, vault_id: str, expected: bytes) -> bool:
+    return hmac.compare_digest(key_check(root, vault_id), expected)
+
+
+class RootBarrier:
+    """A barrier over a 32-byte root; keeps only keys derived from it, never the root itself."""
+
+    def __init__(self, root: bytes | bytearray | None) -> None:
         self._lock = threading.Lock()
         self._storage: AESGCM | None = None
         self._hmac_key: bytes | None = None
         if root is not None:
-            self._unseal(root)
+            self.unseal(root)
 
-    @classmethod
-    def from_file(cls, path: str | os.PathLike[str]) -> KeyFileBarrier:
-        return cls(read_root_key(path))
-
-    def _unseal(self, root: bytes) -> None:
+    def unseal(self, root: bytes | bytearray) -> None:
         if len(root) != ROOT_KEY_SIZE:
             raise KeyFileError(f"a vault root key is {ROOT_KEY_SIZE} bytes")
         with self._lock:
@@ -128,6 +158,14 @@ class KeyFileBarrier:
         if key is None:
             raise Unavailable("the vault is sealed")
         return hmac.new(key, _field(purpose) + data, hashlib.sha256).digest()
+
+
+class KeyFileBarrier(RootBarrier):
+    """A barrier whose root is 32 random bytes in a file (mode 0600), the embedded default."""
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> KeyFileBarrier:
+        return cls(read_root_key(path))
 
 
 def create_root_key(path: str | os.PathLike[str]) -> None:

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import os
 import ssl
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -17,12 +20,15 @@ from urllib.parse import quote
 
 import httpx
 
-from ..errors import KeyFileError, UsageError
+from ..errors import IntegrityError, KeyFileError, UsageError
+from ..fileio import atomic_output
 from .errors import KeyServiceError, NotFound, PermissionDenied, Unavailable
 
 ENV_ADDR = "MODELSEAL_VAULT_ADDR"
 ENV_TOKEN_FILE = "MODELSEAL_VAULT_TOKEN_FILE"  # noqa: S105 - a name, not a secret
 ENV_CA = "MODELSEAL_VAULT_CA"
+# `unix:/run/modelseal/agent.sock`: the edge agent on a unix socket instead of an https URL.
+UNIX_PREFIX = "unix:"
 
 
 def read_token_file(path: str | os.PathLike[str]) -> str:
@@ -47,7 +53,12 @@ def _error(response: httpx.Response) -> KeyServiceError:
         401: PermissionDenied,
         403: PermissionDenied,
         404: NotFound,
+        # 429/503: the vault is over capacity or sealed; 502/504: an agent or gateway between
+        # could not reach it. All mean "not now", not "no".
+        429: Unavailable,
+        502: Unavailable,
         503: Unavailable,
+        504: Unavailable,
     }.get(response.status_code, KeyServiceError)
     return cls(f"vault: {message}", code=code, status=response.status_code)
 
@@ -75,7 +86,17 @@ class VaultClient:
                 raise KeyFileError(f"vault CA file {ca} does not exist")
             verify = ssl.create_default_context(cafile=str(ca))
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=self.url, headers=headers, verify=verify, timeout=timeout)
+        base_url, transport = self.url, None
+        if self.url.startswith(UNIX_PREFIX):
+            # An edge agent on a unix socket: plain HTTP is enough, the socket's file mode is the
+            # access control and what travels is MAC'd and HPKE-sealed end to end.
+            socket_path = self.url[len(UNIX_PREFIX) :]
+            if not socket_path:
+                raise UsageError(f"give the socket path: {UNIX_PREFIX}/run/modelseal/agent.sock")
+            base_url, transport = "http://modelseal-agent", httpx.HTTPTransport(uds=socket_path)
+        self._http = httpx.Client(
+            base_url=base_url, headers=headers, verify=verify, timeout=timeout, transport=transport
+        )
 
     @classmethod
     def from_settings(
@@ -127,6 +148,13 @@ class VaultClient:
 
     def seal_vault(self) -> dict[str, Any]:
         return self._call("POST", "/sys/seal")
+
+    def unseal(self, share: str) -> dict[str, Any]:
+        """POST /v1/sys/unseal with one Shamir share (no token needed); answers the progress."""
+        return self._call("POST", "/sys/unseal", json={"share": share})
+
+    def seal_status(self) -> dict[str, Any]:
+        return self._call("GET", "/sys/seal-status")
 
     def create_key(self, name: str, key_type: str = "aes256-gcm") -> dict[str, Any]:
         return self._call("POST", self._key(name), json={"type": key_type})
@@ -223,12 +251,154 @@ class VaultClient:
         """POST /v1/release (no token needed: the request carries the device's PSK proof)."""
         return self._call("POST", "/release", json=request)
 
+    def enroll_device(
+        self, name: str, public_key: bytes, measurement: bytes | None = None
+    ) -> dict[str, Any]:
+        """Enrol a device's Ed25519 identity public key (raw 32 bytes) and expected measurement."""
+        body = {
+            "public_key": base64.b64encode(public_key).decode(),
+            "measurement": measurement.hex() if measurement is not None else None,
+        }
+        return self._call("POST", self._named("devices", name) + "/identity", json=body)
+
+    def attest_challenge(self, device: str, *, domain: str = "default") -> bytes:
+        """POST /v1/attest/challenge (no token): a fresh single-use nonce for the device's card."""
+        data = self._call("POST", "/attest/challenge", json={"domain": domain, "device": device})
+        nonce = _b64(data.get("nonce"))
+        if len(nonce) != 32:
+            raise KeyServiceError("vault: the challenge holds no valid nonce")
+        return nonce
+
+    def attest_release(
+        self,
+        device: str,
+        report: bytes,
+        key_name: str,
+        key_version: int,
+        wrapped: bytes,
+        *,
+        domain: str = "default",
+    ) -> bytes:
+        """POST /v1/attest/release (no token): the file key HPKE-sealed to the report's session key."""
+        b64 = base64.b64encode
+        body = {
+            "domain": domain,
+            "device": device,
+            "report": b64(report).decode(),
+            "key_name": key_name,
+            "key_version": key_version,
+            "wrapped": b64(wrapped).decode(),
+        }
+        return _b64(self._call("POST", "/attest/release", json=body).get("sealed"))
+
     def create_token(self, role: str, name: str = "") -> dict[str, Any]:
         return self._call("POST", "/tokens", json={"role": role, "name": name})
 
     def audit(self, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         records = self._call("GET", "/audit", params={"after": after, "limit": limit})["records"]
         return [dict(r) for r in records]
+
+    # --- lease checks and the model repository ----------------------------------------------------
+    # ``headers`` are a device's five X-Modelseal-* headers (protocol.device_headers) for exactly
+    # this request: method, path ("/v1/..." as sent) and body bytes are what they MAC.
+
+    def lease(self, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
+        """POST /v1/lease: ``body`` must be the very JSON bytes ``headers`` were computed over.
+
+        Answers ``{"valid": true, "key_name", "key_version", "not_after", "recheck_after"}`` (and
+        ``"model"`` when asked about one); any refusal raises PermissionDenied (release_denied).
+        """
+        sent = {**headers, "Content-Type": "application/json"}
+        return self._call("POST", "/lease", content=body, headers=sent)
+
+    @staticmethod
+    def _model(model_id: str) -> str:
+        return "/models/" + quote(model_id, safe="")
+
+    def upload_model(
+        self, model_id: str, path: str | os.PathLike[str], *, replace: bool = False
+    ) -> dict[str, Any]:
+        """PUT a sealed model file, streamed from disk in 1 MiB chunks; returns its metadata."""
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - closed below, after the streamed request
+            size = os.fstat(f.fileno()).st_size
+        except OSError as e:
+            raise UsageError(f"cannot read {path}: {e.strerror}") from None
+
+        def chunks() -> Iterator[bytes]:
+            while data := f.read(MODEL_CHUNK):
+                yield data
+
+        with f:
+            return self._call(
+                "PUT",
+                self._model(model_id),
+                params={"replace": "true"} if replace else None,
+                content=chunks(),
+                headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
+                # The vault fsyncs and checks the file before answering: allow it time on big ones.
+                timeout=httpx.Timeout(self._http.timeout.connect, read=MODEL_ANSWER_TIMEOUT),
+            )
+
+    def list_models(self) -> list[dict[str, Any]]:
+        return [dict(m) for m in self._call("GET", "/models")["models"]]
+
+    def model_info(self, model_id: str, *, headers: dict[str, str] | None = None) -> dict[str, Any]:
+        """A model's metadata, with this client's token or a device's ``headers`` (GET)."""
+        return self._call("GET", self._model(model_id), headers=headers)
+
+    def download_model(
+        self, model_id: str, out_path: str | os.PathLike[str], *, headers: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Stream a model to ``out_path`` atomically; its SHA-256 must equal the vault's ETag.
+
+        With an ``If-None-Match`` header holding that ETag the vault answers 304 and ``out_path`` is
+        not touched. Returns ``{"id", "sha256", "size", "not_modified"}``.
+        """
+        path = f"/v1{self._model(model_id)}/content"
+        try:
+            with self._http.stream("GET", path, headers=headers) as response:
+                if response.status_code >= 400:
+                    raise _error(_read_bounded(response))
+                sha256 = _etag(response)
+                if response.status_code == 304:
+                    return {"id": model_id, "sha256": sha256, "size": None, "not_modified": True}
+                hasher, size = hashlib.sha256(), 0
+                with atomic_output(out_path) as f:
+                    for chunk in response.iter_bytes(MODEL_CHUNK):
+                        hasher.update(chunk)
+                        size += len(chunk)
+                        f.write(chunk)
+                    if not hmac.compare_digest(hasher.hexdigest(), sha256):
+                        raise IntegrityError(
+                            f"integrity check failed: model {model_id!r} from the vault does not match "
+                            "its SHA-256 (nothing was written)"
+                        )
+        except httpx.HTTPError as e:
+            raise Unavailable(f"cannot download from the vault at {self.url}: {e}") from None
+        return {"id": model_id, "sha256": sha256, "size": size, "not_modified": False}
+
+
+MODEL_CHUNK = 1 << 20
+MODEL_ANSWER_TIMEOUT = 600.0
+_MAX_ERROR_BODY = 64 << 10
+
+
+def _read_bounded(response: httpx.Response) -> httpx.Response:
+    """An error answer of a streamed request, read up to 64 KiB (never a whole model)."""
+    body = b""
+    for chunk in response.iter_bytes():
+        body += chunk
+        if len(body) > _MAX_ERROR_BODY:
+            break
+    return httpx.Response(response.status_code, content=body[:_MAX_ERROR_BODY])
+
+
+def _etag(response: httpx.Response) -> str:
+    tag = str(response.headers.get("etag", "")).removeprefix("W/").strip('"')
+    if len(tag) != 64 or any(c not in "0123456789abcdef" for c in tag):
+        raise KeyServiceError("vault: the model answer has no valid ETag")
+    return tag
 
 
 def _psk(data: dict[str, Any]) -> bytes:

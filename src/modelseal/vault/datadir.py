@@ -1,31 +1,35 @@
 """The vault's data folder: what `vault init` creates and `vault serve` runs from.
 
 DIR/               0700
-  vault.json       root type and layout version
+  vault.json       root type and layout version; for shamir/pkcs11 roots also the vault id and the
+                   root's public part (key-check value / token-encrypted root), never a secret
   root.key         0600, the barrier root (key-file root)
   vault.db         SQLite (+ -wal, -shm)
   admin.token      0600, the first admin token
   tls/             ca.pem, ca.key (0600), server.pem, server.key (0600)
+  models/          0700, sealed model files of the repository: <domain>/<sha256>
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import OutputError, UsageError
-from . import tls
-from .barrier import KeyFileBarrier, create_root_key
+from . import pkcs11_root, shamir_root, tls
+from .barrier import ROOT_KEY_SIZE, Barrier, KeyFileBarrier, RootBarrier, create_root_key
 from .errors import KeyServiceError
 from .store import Store, make_engine, sqlite_url, upgrade_schema
 
-ROOT_TYPES = ("key-file",)  # Shamir and PKCS#11 come later, behind the same Barrier protocol
+ROOT_TYPES = ("key-file", "shamir", "pkcs11")
 CONFIG_FILE = "vault.json"
 ROOT_FILE = "root.key"
 TOKEN_FILE = "admin.token"  # noqa: S105 - a name, not a secret
 TLS_DIR = "tls"
+MODELS_DIR = "models"  # the model repository's blobs: models/<domain>/<sha256>
 
 
 @dataclass(frozen=True)
@@ -59,19 +63,82 @@ class DataDir:
             raise KeyServiceError(f"{self.path / CONFIG_FILE} names an unknown root type")
         return data
 
-    def open_store(self, database_url: str | None = None) -> Store:
-        """Barrier from the root, engine, schema upgraded to head."""
-        self.config()
-        barrier = KeyFileBarrier.from_file(self.path / ROOT_FILE)
+    def barrier(self, config: dict[str, object] | None = None) -> Barrier:
+        """The root this folder names: the key file, a sealed Shamir barrier, or the token's root."""
+        config = config or self.config()
+        if config["root"] == "key-file":
+            return KeyFileBarrier.from_file(self.path / ROOT_FILE)
+        vault_id = config.get("vault_id")
+        if not isinstance(vault_id, str) or not re.fullmatch("[0-9a-f]{32}", vault_id):
+            raise KeyServiceError(f"{self.path / CONFIG_FILE} holds no valid vault_id")
+        if config["root"] == "shamir":
+            return shamir_root.ShamirBarrier.from_config(vault_id, config.get("shamir"))
+        root = pkcs11_root.open_root(config.get("pkcs11"), vault_id)
+        try:
+            return RootBarrier(root)
+        finally:
+            shamir_root.wipe(root)
+
+    def open_store(self, database_url: str | None = None, *, barrier: Barrier | None = None) -> Store:
+        """Barrier from the root (unless given), engine, schema upgraded to head."""
+        config = self.config()
+        barrier = barrier or self.barrier(config)
         engine = make_engine(database_url or sqlite_url(self.path))
         upgrade_schema(engine)
         return Store(engine, barrier)
 
 
-def init(path: str | os.PathLike[str], root: str = "key-file", database_url: str | None = None) -> str:
-    """Create a vault data folder; returns the first admin token (also written to DIR/admin.token)."""
+def refuse_used_database(url: str) -> None:
+    """A shared database (PostgreSQL) may already hold a vault: a second `init` would add an admin
+    and a root key that can't open its secrets. Checked before anything is created in DIR."""
+    from sqlalchemy import inspect, text
+    from sqlalchemy.exc import OperationalError
+
+    from .errors import Unavailable
+    from .store import driver_reason
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            used = (
+                inspect(conn).has_table("audit")
+                and conn.execute(text("SELECT 1 FROM audit LIMIT 1")).first() is not None
+            )
+    except OperationalError as e:
+        raise Unavailable(
+            f"the database is not reachable: {driver_reason(e)}", code="storage_unavailable"
+        ) from None
+    finally:
+        engine.dispose()
+    if used:
+        raise OutputError(
+            "the database already holds a vault: serve it with the data folder made for it "
+            "(copy that folder to each vault process), or give an empty database"
+        )
+
+
+def init(
+    path: str | os.PathLike[str],
+    root: str = "key-file",
+    database_url: str | None = None,
+    *,
+    shamir: shamir_root.ShamirOptions | None = None,
+    pkcs11: pkcs11_root.Pkcs11Options | None = None,
+) -> str:
+    """Create a vault data folder; returns the first admin token (also written to DIR/admin.token).
+
+    A shamir root writes its shares last, once everything else exists, so a failed init leaves no
+    shares of a vault that does not exist.
+    """
     if root not in ROOT_TYPES:
         raise UsageError(f"--root must be one of {', '.join(ROOT_TYPES)} in this version")
+    if (root == "shamir") != (shamir is not None) or (root == "pkcs11") != (pkcs11 is not None):
+        raise UsageError(
+            "--root shamir takes --shares, --threshold and --share-dir; "
+            "--root pkcs11 takes --module, --token and --pin-file; neither goes with another root"
+        )
+    if database_url is not None:
+        refuse_used_database(database_url)
     folder = Path(path)
     try:
         folder.mkdir(mode=0o700, parents=True)
@@ -81,18 +148,47 @@ def init(path: str | os.PathLike[str], root: str = "key-file", database_url: str
                 f"{folder} exists and is not empty: refusing to initialise a vault there"
             ) from None
     os.chmod(folder, 0o700)
-    create_root_key(folder / ROOT_FILE)
-    tls.generate(folder / TLS_DIR)
-    (folder / CONFIG_FILE).write_text(json.dumps({"layout": 1, "root": root}) + "\n")
-    store = DataDir(folder).open_store(database_url)
-    token = store.bootstrap_admin()
-    store.engine.dispose()
-    if (folder / "vault.db").exists():
-        os.chmod(folder / "vault.db", 0o600)  # SQLite gives -wal and -shm the database's mode
-    fd = os.open(folder / TOKEN_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
+    if shamir is not None:
+        shamir_root.prepare_share_dir(shamir)
+    config: dict[str, object] = {"layout": 1, "root": root}
+    new_root, barrier, vault_id = bytearray(), None, os.urandom(16).hex()
+    if root == "key-file":
+        create_root_key(folder / ROOT_FILE)
+    else:
+        new_root = bytearray(os.urandom(ROOT_KEY_SIZE))
+        config["vault_id"] = vault_id
+    try:
+        if shamir is not None:
+            config["shamir"] = shamir_root.config_section(shamir, vault_id, new_root)
+        if pkcs11 is not None:
+            config["pkcs11"] = pkcs11_root.create(pkcs11, vault_id, new_root)
+        if new_root:
+            barrier = RootBarrier(new_root)
+        tls.generate(folder / TLS_DIR)
+        _write_config(folder / CONFIG_FILE, config)
+        store = DataDir(folder).open_store(database_url, barrier=barrier)
+        token = store.bootstrap_admin()
+        store.engine.dispose()
+        if (folder / "vault.db").exists():
+            os.chmod(folder / "vault.db", 0o600)  # SQLite gives -wal and -shm the database's mode
+        fd = os.open(folder / TOKEN_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        if shamir is not None:
+            shamir_root.write_shares(shamir, vault_id, new_root)
+    finally:
+        shamir_root.wipe(new_root)
     return token
+
+
+def _write_config(path: Path, config: dict[str, object]) -> None:
+    """vault.json via a temp file and a rename: a crash leaves the old file or the new, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(config, indent=2) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def serve(
@@ -102,13 +198,17 @@ def serve(
     *,
     database_url: str | None = None,
     insecure_http: bool = False,
+    models_dir: str | os.PathLike[str] | None = None,
+    max_model_size: int | None = None,
 ) -> None:
     import uvicorn
 
     from .app import create_app
 
     data = DataDir(Path(path))
-    app = create_app(data.open_store(database_url))
+    # Model blobs default to DIR/models; replicas sharing one database need one shared --models-dir.
+    models = str(models_dir) if models_dir is not None else str(data.path / MODELS_DIR)
+    app = create_app(data.open_store(database_url), models_dir=models, max_model_size=max_model_size)
     cert, key = (None, None) if insecure_http else (str(data.cert), str(data.key))
     uvicorn.run(
         app, host=host, port=port, server_header=False, log_level="info", ssl_certfile=cert, ssl_keyfile=key

@@ -11,14 +11,19 @@ The PSK is read once, kept in memory, and appears in no repr, log line or error 
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import os
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+from urllib.parse import quote
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from ..errors import KeyFileError
+from ..errors import KeyFileError, UsageError
 from ..format.header import Stanza
 from . import protocol
 from .client import VaultClient
@@ -27,28 +32,62 @@ from .recipient import STANZA_TYPE, parse_args
 from .store import DEFAULT_DOMAIN
 
 
-def load_psk(path: str | os.PathLike[str]) -> bytes:
-    """A PSK file: 32 raw bytes, or 64 hex digits (optionally followed by a newline)."""
+class Credential:
+    """A device's PSK file: the PSK and, when the file says so, the device's name and domain."""
+
+    __slots__ = ("device", "domain", "psk")
+
+    def __init__(self, psk: bytes, device: str | None, domain: str | None) -> None:
+        self.psk, self.device, self.domain = psk, device, domain
+
+    def __repr__(self) -> str:
+        return f"Credential(device={self.device!r}, domain={self.domain!r})"
+
+
+def load_credential(path: str | os.PathLike[str]) -> Credential:
+    """A PSK file: 32 raw bytes, or 64 hex digits after optional `# device: NAME` / `# domain: D` lines.
+
+    `modelseal vault device create --psk-out F` writes the second form, so a container needs only
+    the file to know who it is.
+    """
     try:
         with open(path, "rb") as f:
-            data = f.read(256)
+            data = f.read(1024)
     except OSError as e:
         raise KeyFileError(f"cannot read PSK file {path}: {e.strerror}") from None
     if len(data) == protocol.PSK_SIZE:
-        return data
-    text = data.strip()
-    if len(text) == 2 * protocol.PSK_SIZE:
+        return Credential(data, None, None)
+    fields: dict[str, str] = {}
+    digits: list[str] = []
+    try:
+        lines = data.decode("ascii").splitlines()
+    except UnicodeDecodeError:
+        lines = ["<binary>"]
+    for line in lines:
+        line = line.strip()
+        if line.startswith("#"):
+            key, sep, value = line[1:].partition(":")
+            if sep and key.strip() in ("device", "domain") and value.strip():
+                fields[key.strip()] = value.strip()
+        elif line:
+            digits.append(line)
+    if len(digits) == 1 and len(digits[0]) == 2 * protocol.PSK_SIZE:
         try:
-            return bytes.fromhex(text.decode("ascii"))
-        except (UnicodeDecodeError, ValueError):
+            return Credential(bytes.fromhex(digits[0]), fields.get("device"), fields.get("domain"))
+        except ValueError:
             pass
     raise KeyFileError(f"PSK file {path} must hold 32 raw bytes or 64 hex digits")
+
+
+def load_psk(path: str | os.PathLike[str]) -> bytes:
+    """The PSK alone from a PSK file (see load_credential)."""
+    return load_credential(path).psk
 
 
 class DeviceIdentity:
     """Opens models through the vault's key release as device ``device_id`` holding ``psk``."""
 
-    __slots__ = ("_psk", "client", "device_id", "domain")
+    __slots__ = ("_lock", "_psk", "_released", "client", "device_id", "domain")
 
     def __init__(
         self,
@@ -69,6 +108,25 @@ class DeviceIdentity:
         self.device_id = device_id
         self.domain = domain
         self._psk = bytes(psk)
+        self._released: dict[tuple[str, int], None] = {}  # ordered set of what the vault released
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_psk_file(
+        cls,
+        address: str | VaultClient,
+        psk_file: str | os.PathLike[str],
+        *,
+        device: str | None = None,
+        ca: str | os.PathLike[str] | None = None,
+        domain: str | None = None,
+    ) -> DeviceIdentity:
+        """A device from its PSK file; ``address`` is the vault's URL or an agent's `unix:PATH`."""
+        cred = load_credential(psk_file)
+        name = device or cred.device
+        if not name:
+            raise UsageError(f"PSK file {psk_file} does not name its device: give --device NAME")
+        return cls(address, name, cred.psk, ca=ca, domain=domain or cred.domain or DEFAULT_DOMAIN)
 
     def __repr__(self) -> str:
         return f"DeviceIdentity(url={self.client.url!r}, device_id={self.device_id!r})"
@@ -119,10 +177,61 @@ class DeviceIdentity:
         )
         try:
             sealed = base64.b64decode(str(answer["sealed"]), validate=True)
-            return protocol.SUITE.decrypt(sealed, ephemeral, info=info)
+            key = protocol.SUITE.decrypt(sealed, ephemeral, info=info)
         except Exception:
             # Not made for our ephemeral key and this request: a proxy tampered or answered itself.
             raise KeyServiceError("vault: the released key does not open for this request") from None
+        with self._lock:
+            self._released[(key_name, key_version)] = None
+        return key
+
+    @property
+    def released(self) -> tuple[tuple[str, int], ...]:
+        """The (key name, version) pairs the vault released to this identity so far."""
+        with self._lock:
+            return tuple(self._released)
+
+    def _headers(self, method: str, path: str, body: bytes = b"") -> dict[str, str]:
+        return protocol.device_headers(
+            self._psk, domain=self.domain, device=self.device_id, method=method, path=path, body=body
+        )
+
+    def check_lease(self, key_name: str, key_version: int) -> dict[str, Any]:
+        """Ask the vault whether this device may still use the key (PermissionDenied if not)."""
+        body = json.dumps(
+            {
+                "domain": self.domain,
+                "device": self.device_id,
+                "key_name": key_name,
+                "key_version": key_version,
+            }
+        ).encode()
+        return self.client.lease(body, self._headers("POST", "/v1/lease", body))
+
+    def lease_check(self) -> Callable[[], str | None]:
+        """For modelseal.lease: None while every released key is still granted, else why not."""
+
+        def check() -> str | None:
+            for name, version in self.released:
+                try:
+                    self.check_lease(name, version)
+                except (PermissionDenied, NotFound):
+                    return f"the vault no longer grants key {name!r} v{version} to device {self.device_id!r}"
+            return None
+
+        return check
+
+    def fetch_model(self, model_id: str, out: str | os.PathLike[str]) -> dict[str, Any]:
+        """Download a sealed model from the vault's repository (ciphertext) to ``out``, atomically.
+
+        When ``out`` already holds a copy, its digest goes in If-None-Match and the vault answers
+        304 (after checking this device may have it), so nothing is downloaded again.
+        """
+        path = f"/v1/models/{quote(model_id, safe='')}/content"
+        headers = self._headers("GET", path)
+        if os.path.isfile(out):
+            headers["If-None-Match"] = f'"{_sha256_file(out)}"'
+        return self.client.download_model(model_id, out, headers=headers)
 
     def unwrap(self, stanzas: Sequence[Stanza]) -> Iterator[bytes]:
         refused: KeyServiceError | None = None
@@ -141,3 +250,11 @@ class DeviceIdentity:
             yield key
         if refused is not None and not yielded:
             raise refused
+
+
+def _sha256_file(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

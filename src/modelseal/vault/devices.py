@@ -5,19 +5,24 @@ the audit record commit together, and the sealed file key leaves the process onl
 commit. A refusal is committed the same way (its audit record, the failure counting towards
 lockout, the consumed nonce), so what the caller is told and what the audit says can't diverge.
 If the audit insert fails, the transaction rolls back and nothing is released.
+
+Two proofs lead to a release: the PSK MAC here, and an attestation report (attestation.py). Both
+end in the same decision code (lockout, policy, licence, audit record, HPKE seal) below.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from sqlalchemy import (
@@ -62,6 +67,12 @@ class Device(Base):
     psk: Mapped[bytes] = mapped_column(LargeBinary)  # barrier ciphertext, never plaintext
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
     revoked_at: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # Attestation (migration 0004): Ed25519 identity public key || expected measurement, as barrier
+    # ciphertext. Not secret, but storage is untrusted and a swapped key would send file keys to
+    # whoever holds its private half: the barrier's AEAD (bound to the row) makes a swap fail.
+    identity: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    identity_generation: Mapped[int] = mapped_column(Integer, default=0)
+    identity_enrolled: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class DeviceFailure(Base):
@@ -78,6 +89,18 @@ class ReleaseNonce(Base):
     device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"))
     nonce_hash: Mapped[str] = mapped_column(String(64))
     timestamp: Mapped[int] = mapped_column(BigInteger)
+
+
+class AttestNonce(Base):
+    """A challenge of attestation.py (migration 0004): SHA-256 of the nonce, which the report carries."""
+
+    __tablename__ = "attest_nonces"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"))
+    nonce_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created: Mapped[float] = mapped_column(Float)
+    expires: Mapped[float] = mapped_column(Float)
+    used: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Policy(Base):
@@ -191,8 +214,28 @@ class ReleaseRequest:
         )
 
 
+class ReleaseTarget(Protocol):
+    """What a release seals, whichever proof the device gave (PSK request or attestation)."""
+
+    @property
+    def key_name(self) -> str: ...
+
+    @property
+    def key_version(self) -> int: ...
+
+    @property
+    def wrapped(self) -> bytes: ...
+
+    @property
+    def ephemeral_public(self) -> bytes:
+        """The X25519 key the file key is HPKE-sealed to."""
+        ...
+
+    def hpke_info(self) -> bytes: ...
+
+
 @dataclass
-class _Decision:
+class Decision:
     reason: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
     sealed: bytes | None = None
@@ -231,6 +274,41 @@ class DeviceStore:
         )
         return psk
 
+    def _identity_row(self, device: Device) -> str:
+        return f"{device.domain_id}/{device.name}/{device.identity_generation}"
+
+    def set_identity(self, device: Device, public_key: bytes, measurement: bytes | None) -> None:
+        """Enrol (or replace) the device's identity key; a new generation retires the old blob."""
+        device.identity_generation += 1
+        device.identity_enrolled = now()
+        device.identity = self.store.barrier.encrypt(
+            public_key + (measurement or b""),
+            table="devices",
+            row=self._identity_row(device),
+            purpose="identity",
+        )
+
+    def identity_of(self, device: Device) -> tuple[bytes, bytes | None] | None:
+        """The enrolled (Ed25519 public key, expected measurement or None), or None."""
+        if device.identity is None:
+            return None
+        plain = self.store.barrier.decrypt(
+            device.identity, table="devices", row=self._identity_row(device), purpose="identity"
+        )
+        return plain[:32], plain[32:] or None
+
+    def _identity_meta(self, device: Device) -> dict[str, Any] | None:
+        identity = self.identity_of(device)
+        if identity is None:
+            return None
+        public, measurement = identity
+        return {
+            "public_key": base64.b64encode(public).decode(),
+            "measurement": measurement.hex() if measurement is not None else None,
+            "enrolled": device.identity_enrolled,
+            "generation": device.identity_generation,
+        }
+
     def _recent_failures(self, session: Session, device_id: int, at: float) -> int:
         count = session.execute(
             select(func.count(DeviceFailure.id)).where(
@@ -251,6 +329,7 @@ class DeviceStore:
             "revoked_at": device.revoked_at,
             "locked": failures >= LOCKOUT_FAILURES,
             "recent_failures": failures,
+            "identity": self._identity_meta(device),
         }
 
     def create_device(self, who: Principal, name: str, groups: list[str]) -> tuple[dict[str, Any], bytes]:
@@ -507,14 +586,23 @@ class DeviceStore:
 
     def release(self, req: ReleaseRequest) -> bytes:
         """The file key HPKE-sealed to ``req.ephemeral_public``, or ReleaseDenied (reason audited)."""
+        return self.commit_release(
+            lambda session, at: self._decide(session, req, at), lambda: self._record_replay(req)
+        )
+
+    def commit_release(
+        self, decide: Callable[[Session, float], Decision], on_conflict: Callable[[], None]
+    ) -> bytes:
+        """Run one release decision in one write transaction; the sealed key only after commit."""
         at = time.time()
         try:
             with self.store._write() as session:
-                decision = self._decide(session, req, at)
+                decision = decide(session, at)
         except IntegrityError:
-            # Only the (device, nonce) index can refuse here: a concurrent twin of this request
-            # (another worker or replica) committed first. Record it in a transaction of its own.
-            self._record_replay(req)
+            # Only a unique index can refuse here: a concurrent twin of this request (another
+            # worker or replica) committed first. Serialised writers make that a backstop, not a
+            # path. ``on_conflict`` records it in its own transaction.
+            on_conflict()
             raise ReleaseDenied() from None
         if decision.sealed is None:
             raise ReleaseDenied()
@@ -537,14 +625,69 @@ class DeviceStore:
         except Exception:  # noqa: S110 - the refusal stands whether or not it could be recorded
             pass
 
-    def _decide(self, session: Session, req: ReleaseRequest, at: float) -> _Decision:
-        decision = _Decision()
-        domain_id = session.execute(select(Domain.id).where(Domain.name == req.domain)).scalar()
+    def find_device(self, session: Session, domain: str, name: str) -> tuple[int | None, Device | None]:
+        """(domain id, device) of a release request's claimed names; either may be None."""
+        domain_id = session.execute(select(Domain.id).where(Domain.name == domain)).scalar()
         device = None
         if domain_id is not None:
             device = session.execute(
-                select(Device).where(Device.domain_id == domain_id, Device.name == req.device)
+                select(Device).where(Device.domain_id == domain_id, Device.name == name)
             ).scalar()
+        return domain_id, device
+
+    def count_failure(self, session: Session, device: Device, at: float) -> None:
+        """A failed proof (wrong MAC, bad report signature): towards the device's lockout."""
+        session.add(DeviceFailure(device_id=device.id, at=at))
+        session.execute(
+            delete(DeviceFailure).where(
+                DeviceFailure.device_id == device.id,
+                DeviceFailure.at <= at - LOCKOUT_WINDOW_SECONDS,
+            )
+        )
+        session.flush()
+
+    def check_lockout(self, session: Session, device: Device, at: float, decision: Decision) -> None:
+        failures = self._recent_failures(session, device.id, at)
+        decision.details["recent_failures"] = failures
+        if decision.reason is None and failures >= LOCKOUT_FAILURES:
+            decision.reason = "locked"
+
+    def audit_release(
+        self,
+        session: Session,
+        *,
+        domain: str,
+        domain_known: bool,
+        claimed_device: str,
+        device: Device | None,
+        target: ReleaseTarget,
+        decision: Decision,
+        **proof: Any,
+    ) -> None:
+        """The one `key.release` record of a decision, granted or refused, in its transaction."""
+        if device is None:
+            # The claimed name is attacker-chosen (or a mistyped secret): keep only its HMAC.
+            who: dict[str, Any] = {
+                "device_hmac": self.store.secret_digest("device name", claimed_device.encode())
+            }
+        else:
+            who = {"device": device.name, "psk_generation": device.psk_generation}
+        self.store._audit(
+            session,
+            domain if domain_known else DEFAULT_DOMAIN,
+            "key.release",
+            f"device:{device.name}" if device is not None else "device:unknown",
+            **who,
+            key=target.key_name,
+            version=target.key_version,
+            outcome=decision.reason or "released",
+            **proof,
+            **decision.details,
+        )
+
+    def _decide(self, session: Session, req: ReleaseRequest, at: float) -> Decision:
+        decision = Decision()
+        domain_id, device = self.find_device(session, req.domain, req.device)
         if device is None:
             # Same barrier, HMAC and failure-count work as a known device, so response time says
             # as little as the response body about whether the id exists.
@@ -563,18 +706,8 @@ class DeviceStore:
         else:
             if not mac_ok:
                 decision.reason = "bad_mac"
-                session.add(DeviceFailure(device_id=device.id, at=at))
-                session.execute(
-                    delete(DeviceFailure).where(
-                        DeviceFailure.device_id == device.id,
-                        DeviceFailure.at <= at - LOCKOUT_WINDOW_SECONDS,
-                    )
-                )
-                session.flush()
-            failures = self._recent_failures(session, device.id, at)
-            decision.details["recent_failures"] = failures
-            if decision.reason is None and failures >= LOCKOUT_FAILURES:
-                decision.reason = "locked"
+                self.count_failure(session, device, at)
+            self.check_lockout(session, device, at, decision)
         if decision.reason is None and abs(at - req.timestamp) > protocol.MAX_SKEW_SECONDS:
             decision.reason = "stale_timestamp"
         if decision.reason is None and device is not None:
@@ -582,24 +715,15 @@ class DeviceStore:
         if decision.reason is None and device is not None:
             self._authorize_and_seal(session, device, req, at, decision)
 
-        if device is None:
-            # The claimed name is attacker-chosen (or a mistyped secret): keep only its HMAC.
-            who: dict[str, Any] = {
-                "device_hmac": self.store.secret_digest("device name", req.device.encode())
-            }
-        else:
-            who = {"device": device.name, "psk_generation": device.psk_generation}
-        self.store._audit(
+        self.audit_release(
             session,
-            req.domain if domain_id is not None else DEFAULT_DOMAIN,
-            "key.release",
-            f"device:{device.name}" if device is not None else "device:unknown",
-            **who,
-            key=req.key_name,
-            version=req.key_version,
-            outcome=decision.reason or "released",
+            domain=req.domain,
+            domain_known=domain_id is not None,
+            claimed_device=req.device,
+            device=device,
+            target=req,
+            decision=decision,
             nonce_hmac=self.store.secret_digest("release nonce", req.nonce),
-            **decision.details,
         )
         return decision
 
@@ -624,7 +748,7 @@ class DeviceStore:
         return None
 
     def _authorize_and_seal(
-        self, session: Session, device: Device, req: ReleaseRequest, at: float, decision: _Decision
+        self, session: Session, device: Device, req: ReleaseTarget, at: float, decision: Decision
     ) -> None:
         groups = set(json.loads(device.groups))
         policies = [
@@ -641,8 +765,9 @@ class DeviceStore:
             return
         chosen: tuple[Policy, list[tuple[Licence, bool]]] | None = None
         for policy in policies:
-            # FOR UPDATE: on PostgreSQL two releases must not both take the last use (SQLite's
-            # BEGIN IMMEDIATE already serialises writers).
+            # Writers are already serialised (BEGIN IMMEDIATE / the PostgreSQL advisory lock, see
+            # store.py), so two releases can't both take the last use; FOR UPDATE keeps that true
+            # for any writer that might one day skip the lock.
             found = list(
                 session.execute(
                     select(Licence)

@@ -5,10 +5,16 @@ record (or a record without its effect) can never be committed: if the audit ins
 whole transaction rolls back and nothing is released. Refused operations get an audit record of
 their own afterwards (best effort: the refusal is what the caller sees either way).
 
-SQLite (WAL, synchronous=FULL) is the default; the URL may name PostgreSQL, which a later increment
-covers with a conformance suite. On SQLite, write transactions start with BEGIN IMMEDIATE: the audit
-chain reads its head and appends to it, and two deferred transactions doing that concurrently would
-fork the chain or fail on lock upgrade.
+SQLite (WAL, synchronous=FULL) is the default; the URL may name PostgreSQL (several vault processes
+on one database). Every write transaction appends to the one audit chain (read the head, insert the
+next record), so writers are serialised by design, and they are serialised when they *begin*: on
+SQLite with BEGIN IMMEDIATE (two deferred transactions would fork the chain or fail on lock upgrade),
+on PostgreSQL with a transaction-scoped advisory lock. Taking the lock first, not at the audit
+append, means everything a write transaction reads (the key's latest version before a rotation, the
+failure count before a lockout, a licence's uses before a release) is what it writes against: under
+READ COMMITTED each statement after the lock sees every commit made before it, with no lost updates
+and no SERIALIZABLE retry loops. The unique constraints (audit seq, key versions, names, the release
+nonce index) stay as the backstop: a bug in the locking would fail a request, never fork the chain.
 """
 
 from __future__ import annotations
@@ -37,12 +43,13 @@ from sqlalchemy import (
     event,
     select,
 )
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from . import wrapping
 from .barrier import Barrier
-from .errors import AuditChainError, KeyServiceError, NotFound, PermissionDenied
+from .errors import AuditChainError, KeyServiceError, NotFound, PermissionDenied, Unavailable
 
 ROLES = ("admin", "operator", "auditor")
 KEY_TYPES = ("aes256-gcm",)
@@ -50,6 +57,10 @@ DEFAULT_DOMAIN = "default"
 GENESIS_HASH = "0" * 64
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _TOKEN_PREFIX = "msv."  # noqa: S105 - a name, not a secret
+# pg_advisory_xact_lock key of the vault's writers ("msealv01"). Transaction-scoped: PostgreSQL
+# releases it at commit or rollback, and when a vault process dies mid-transaction (its connection
+# closes), so a kill -9 never leaves it held; it also works behind PgBouncer's transaction pooling.
+PG_WRITE_LOCK = 0x6D7365616C763031
 T = TypeVar("T")
 
 
@@ -123,10 +134,47 @@ def sqlite_url(data_dir: str | os.PathLike[str]) -> str:
 
 
 def make_engine(url: str) -> Engine:
-    engine = create_engine(url)
-    if engine.dialect.name == "sqlite":
-        _configure_sqlite(engine)
+    """An engine for SQLite or PostgreSQL (psycopg 3); any other database is refused.
+
+    Only these two are held to the writer serialisation above; another dialect would fork the
+    audit chain under concurrency, so it fails closed here.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        # Never echo the URL: it may carry a password.
+        raise KeyServiceError(
+            "--database is not a database URL (sqlite:///FILE or postgresql+psycopg://HOST/DB)",
+            code="invalid_database",
+        ) from None
+    if parsed.drivername in ("postgresql", "postgres", "postgres+psycopg"):  # psycopg 3 is what we ship
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise KeyServiceError(
+            f"unsupported database {backend!r}: the vault runs on sqlite or postgresql",
+            code="invalid_database",
+        )
+    if backend == "postgresql":
+        try:
+            # pre_ping: a restarted or failed-over server costs one retry, not a failed request.
+            engine = create_engine(parsed, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+        except ImportError:
+            from ..errors import RuntimeUnavailableError
+
+            raise RuntimeUnavailableError("psycopg", "vault") from None
+        _configure_postgresql(engine)
+        return engine
+    engine = create_engine(parsed)
+    _configure_sqlite(engine)
     return engine
+
+
+def _configure_postgresql(engine: Engine) -> None:
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        if conn.get_execution_options().get("vault_write", False):
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})")
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -157,9 +205,24 @@ def upgrade_schema(engine: Engine) -> None:
 
     config = Config()
     config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-    with engine.begin() as conn:
-        config.attributes["connection"] = conn
-        command.upgrade(config, "head")
+    # As a writer (BEGIN IMMEDIATE / the advisory lock), in one transaction (both databases have
+    # transactional DDL): vault processes starting together on one database migrate it once, the
+    # others wait and then find it at head; a failed migration leaves the previous schema intact.
+    try:
+        with engine.execution_options(vault_write=True).begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+    except OperationalError as e:
+        raise Unavailable(
+            f"the database is not reachable: {driver_reason(e)}", code="storage_unavailable"
+        ) from None
+
+
+def driver_reason(error: DBAPIError) -> str:
+    """The driver's first line (libpq and sqlite never echo a password); not SQLAlchemy's, which
+    appends the statement and its parameters."""
+    text = str(error.orig).strip()
+    return text.splitlines()[0][:200] if text else type(error.orig).__name__
 
 
 # --- tokens -------------------------------------------------------------------------------------
@@ -374,6 +437,10 @@ class Store:
     def create_token(self, who: Principal, role: str, name: str = "") -> tuple[str, str]:
         if role not in ROLES:
             raise KeyServiceError(f"role must be one of {', '.join(ROLES)}", code="invalid_role")
+        # Checked here, not left to the database: PostgreSQL refuses NUL in text (SQLite stores it),
+        # and both must give the same clean 400; control characters would also garble logs.
+        if len(name) > 128 or not name.isprintable():
+            raise KeyServiceError("a token name is at most 128 printable characters", code="invalid_name")
         token = new_token()
 
         def run(session: Session) -> str:

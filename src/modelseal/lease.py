@@ -1,0 +1,123 @@
+"""Leases: an open model keeps working only while the key service still says it may.
+
+A model opened through key release (a device identity) is re-checked every ``interval`` seconds,
+like OVSA's licence re-check. When the service answers that the device was revoked or its licence
+ended, the lease is lost at once; when the service cannot be reached, the model keeps working for
+``grace`` seconds after the last good answer, then the lease is lost too (fail closed). Losing a
+lease calls ``on_lost(reason)`` once: the model is zeroized, a Crypto-fs mount unmounts, a
+``cfs run`` child is stopped.
+
+This module knows no key service: a lease is a ``check`` callable that returns None while valid,
+returns the reason when the service refused, and raises ModelSealError when it could not ask.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from .errors import ModelSealError
+
+Check = Callable[[], "str | None"]
+OnLost = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class LeasePolicy:
+    """How often to re-check (seconds) and how long an unreachable service is tolerated."""
+
+    interval: float = 300.0
+    grace: float = 900.0
+
+    def __post_init__(self) -> None:
+        if self.interval <= 0 or self.grace < 0:
+            raise ValueError("the lease interval must be positive and the grace not negative")
+
+
+class LeaseKeeper:
+    """Runs ``check`` every ``policy.interval`` seconds in a daemon thread until stopped or lost."""
+
+    def __init__(
+        self,
+        check: Check,
+        policy: LeasePolicy,
+        on_lost: OnLost,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._check = check
+        self.policy = policy
+        self._on_lost = on_lost
+        self._clock = clock
+        self._last_ok = clock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.lost: str | None = None
+        self.checks = 0
+
+    def check_now(self) -> bool:
+        """One re-check; True while the lease holds. Calls ``on_lost`` (once) when it does not."""
+        if self.lost is not None:
+            return False
+        self.checks += 1
+        try:
+            refused = self._check()
+        except ModelSealError as e:
+            # Not an answer: the service may only be unreachable. Tolerate it for the grace period.
+            if self._clock() - self._last_ok <= self.policy.grace:
+                return True
+            grace = self.policy.grace
+            refused = f"the key service could not be reached for over {grace:g} s ({e.diagnostic})"
+        if refused is None:
+            self._last_ok = self._clock()
+            return True
+        self.lost = refused
+        self._on_lost(refused)
+        return False
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.policy.interval):
+            if not self.check_now():
+                return
+
+    def start(self) -> LeaseKeeper:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="modelseal-lease", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+
+@runtime_checkable
+class Leasing(Protocol):
+    """An identity whose keys come with a lease (the vault's DeviceIdentity)."""
+
+    def lease_check(self) -> Check: ...
+
+
+def keepers(identities: Iterable[object], policy: LeasePolicy, on_lost: OnLost) -> list[LeaseKeeper]:
+    """Started keepers for every leasing identity among ``identities`` (none for plain keys)."""
+    return [
+        LeaseKeeper(i.lease_check(), policy, on_lost).start() for i in identities if isinstance(i, Leasing)
+    ]
+
+
+def keep_lease(model: object, identity: object, policy: LeasePolicy | None = None) -> LeaseKeeper | None:
+    """Re-check ``identity``'s lease for an open ``model``; on loss the model is revoked (zeroized).
+
+    Returns the started keeper (``stop()`` it when closing the model), or None when the identity
+    has no lease (a MEK or an X25519 key: nothing to re-check).
+    """
+    if not isinstance(identity, Leasing):
+        return None
+    revoke = getattr(model, "revoke", None)
+    if not callable(revoke):
+        raise TypeError("keep_lease needs a model opened by modelseal.open")
+    return LeaseKeeper(identity.lease_check(), policy or LeasePolicy(), revoke).start()

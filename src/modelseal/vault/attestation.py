@@ -1,0 +1,458 @@
+"""Attestation-based key release (issue 6), in the spirit of Confidential Containers' key broker.
+
+A device (the vault's `devices` entity) gets an Ed25519 identity public key enrolled, optionally
+with the software measurement it must report. To get a file key it asks for a challenge (a fresh
+32-byte nonce, single use, 60 s), has its card sign an attestation report over that nonce
+(modelseal.device: the report binds the card's fresh X25519 session key), and sends the report
+with the `vault` stanza it wants opened. The vault checks the report with the enrolled key, consumes
+the nonce, and then applies the PSK release's own decision code (devices.py: lockout, policy,
+licence counters, audit record, one transaction); the file key goes out HPKE-sealed to the
+report's session key, so the host that relays it never holds it.
+
+No token on the challenge and release routes: the device is not authenticated until its report
+verifies. Refusals are the PSK release's one 403 body; the reason is in the audit only.
+"""
+
+# No `from __future__ import annotations`: FastAPI must evaluate the enrolment route's annotation,
+# whose dependency is local to add_routes (app.py has none either).
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from fastapi import Depends, FastAPI, Request, Response
+from pydantic import BaseModel, Field
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from ..device.errors import AttestationError
+from ..device.report import MAX_CLOCK_SKEW, MAX_REPORT_SIZE, Report
+from . import protocol, wrapping
+from .app import (
+    DENIED_BODY,
+    NO_STORE,
+    WRITE_KEYS,
+    _BadRelease,
+    _error,
+    _release_b64,
+    _release_int,
+    _release_name,
+)
+from .bodies import read_bounded
+from .devices import (
+    LOCKOUT_FAILURES,
+    LOCKOUT_WINDOW_SECONDS,
+    AttestNonce,
+    Decision,
+    Device,
+    DeviceStore,
+    ReleaseDenied,
+)
+from .errors import KeyServiceError, Unavailable
+from .store import DEFAULT_DOMAIN, Principal, Store
+
+ENV_MAX_REPORT_AGE = "MODELSEAL_VAULT_ATTEST_MAX_AGE"
+NONCE_TTL_SECONDS = 60
+# A report is made after its challenge, so with a sane card clock it is at most the nonce's TTL
+# old; the rest is room for the card's clock running behind the vault's.
+DEFAULT_MAX_REPORT_AGE = 120.0
+MAX_REPORT_AGE_LIMIT = 3600.0
+# Outstanding challenges per device: anyone who knows a device name can ask for challenges, so
+# the table is bounded per device (the oldest go first); a replayed nonce is still refused after
+# its row is gone, as an unknown one.
+MAX_NONCES_PER_DEVICE = 32
+# Used and expired rows are kept this long so that a late replay is audited as a replay.
+KEEP_SECONDS = LOCKOUT_WINDOW_SECONDS
+MAX_CHALLENGE_BODY = 1024
+# The report (<= 4 KiB, base64 5,464 characters) and the small fields.
+MAX_ATTEST_BODY = 8192
+MEASUREMENT_SIZE = 32
+IDENTITY_KEY_SIZE = 32
+# Verified against when the device is unknown or not enrolled, so that path does the same
+# signature work as a known device (timing says little more than the uniform answer).
+_DUMMY_IDENTITY = Ed25519PrivateKey.generate().public_key()
+
+
+@dataclass(frozen=True)
+class AttestedRelease:
+    """A parsed `POST /v1/attest/release`: the report is structurally valid, nothing more yet."""
+
+    domain: str
+    device: str
+    report: Report
+    key_name: str
+    key_version: int
+    wrapped: bytes
+
+    @property
+    def ephemeral_public(self) -> bytes:
+        return self.report.session_public_key
+
+    def hpke_info(self) -> bytes:
+        return protocol.attest_hpke_info(
+            domain=self.domain,
+            device=self.device,
+            key_name=self.key_name,
+            key_version=self.key_version,
+            nonce_digest=self.report.request_digest,
+        )
+
+
+def max_report_age_from_env() -> float:
+    """The oldest report accepted, from MODELSEAL_VAULT_ATTEST_MAX_AGE (seconds) or the default."""
+    text = os.environ.get(ENV_MAX_REPORT_AGE)
+    if text is None or not text.strip():
+        return DEFAULT_MAX_REPORT_AGE
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 1.0 <= value <= MAX_REPORT_AGE_LIMIT:
+        raise KeyServiceError(
+            f"{ENV_MAX_REPORT_AGE} must be a number of seconds within 1..{MAX_REPORT_AGE_LIMIT:.0f}",
+            code="invalid_config",
+        )
+    return value
+
+
+def parse_identity(public_key: str, measurement: str | None) -> tuple[bytes, bytes | None]:
+    """An enrolment body's key (base64 of 32 raw bytes) and measurement (64 hex digits or null)."""
+    try:
+        raw = base64.b64decode(public_key, validate=True)
+        Ed25519PublicKey.from_public_bytes(raw)
+    except (binascii.Error, ValueError):
+        raise KeyServiceError(
+            "public_key is not base64 of a 32-byte Ed25519 public key", code="invalid_request"
+        ) from None
+    if measurement is None:
+        return raw, None
+    try:
+        expected = bytes.fromhex(measurement)
+    except ValueError:
+        expected = b""
+    if len(expected) != MEASUREMENT_SIZE:
+        raise KeyServiceError(
+            f"measurement is {2 * MEASUREMENT_SIZE} hex digits (or null)", code="invalid_request"
+        )
+    return raw, expected
+
+
+class Attestation:
+    """Enrolment, challenges and the attested release, on a DeviceStore (same store and audit)."""
+
+    def __init__(self, devices: DeviceStore, *, max_report_age: float = DEFAULT_MAX_REPORT_AGE) -> None:
+        self.devices = devices
+        self.store: Store = devices.store
+        self.max_report_age = max_report_age
+
+    # --- enrolment (admin/operator) ---------------------------------------------------------------
+
+    def enroll(
+        self, who: Principal, name: str, public_key: bytes, measurement: bytes | None
+    ) -> dict[str, Any]:
+        def run(session: Session) -> dict[str, Any]:
+            device = self.devices._device(session, who, name)
+            if device.revoked:
+                raise KeyServiceError(f"device {name!r} is revoked", code="revoked", status=409)
+            self.devices.set_identity(device, public_key, measurement)
+            # Challenges issued under the old key are void: the new key could not sign for them.
+            session.execute(delete(AttestNonce).where(AttestNonce.device_id == device.id))
+            session.flush()
+            self.store._audit(
+                session,
+                who.domain,
+                "device.enroll",
+                who.accessor,
+                device=name,
+                identity_generation=device.identity_generation,
+                public_key=base64.b64encode(public_key).decode(),
+                measurement=measurement.hex() if measurement is not None else None,
+            )
+            return self.devices._meta(session, device)
+
+        return self.store._operation(who, "device.enroll", name, run)
+
+    # --- challenge (no token) ---------------------------------------------------------------------
+
+    def challenge(self, domain: str, name: str) -> bytes:
+        """A fresh nonce; stored (hashed) only for an enrolled, usable device, returned to anyone.
+
+        An unknown, revoked, unenrolled or locked device gets a nonce too, just never a usable one,
+        so the answer does not say which names exist or what state they are in.
+        """
+        nonce = os.urandom(protocol.ATTEST_NONCE_SIZE)
+        at = time.time()
+        with self.store._write() as session:
+            _, device = self.devices.find_device(session, domain, name)
+            if (
+                device is None
+                or device.revoked
+                or device.identity is None
+                or self.devices._recent_failures(session, device.id, at) >= LOCKOUT_FAILURES
+            ):
+                return nonce
+            session.execute(
+                delete(AttestNonce).where(
+                    AttestNonce.device_id == device.id, AttestNonce.expires < at - KEEP_SECONDS
+                )
+            )
+            keep = (
+                select(AttestNonce.id)
+                .where(AttestNonce.device_id == device.id)
+                .order_by(AttestNonce.created.desc(), AttestNonce.id.desc())
+                .limit(MAX_NONCES_PER_DEVICE - 1)
+            )
+            session.execute(
+                delete(AttestNonce).where(
+                    AttestNonce.device_id == device.id, AttestNonce.id.not_in(keep.scalar_subquery())
+                )
+            )
+            session.add(
+                AttestNonce(
+                    device_id=device.id,
+                    nonce_hash=hashlib.sha256(nonce).hexdigest(),
+                    created=at,
+                    expires=at + NONCE_TTL_SECONDS,
+                )
+            )
+        return nonce
+
+    # --- release (no token) -----------------------------------------------------------------------
+
+    def release(self, req: AttestedRelease) -> bytes:
+        """The file key HPKE-sealed to the report's session key, or ReleaseDenied (reason audited)."""
+        return self.devices.commit_release(
+            lambda session, at: self._decide(session, req, at), lambda: self._record_conflict(req)
+        )
+
+    def _record_conflict(self, req: AttestedRelease) -> None:
+        try:
+            with self.store._write() as session:
+                # Only a known device's decision gets as far as a unique index: its names are real.
+                self.store._audit(
+                    session,
+                    req.domain,
+                    "key.release",
+                    f"device:{req.device}",
+                    device=req.device,
+                    key=req.key_name,
+                    version=req.key_version,
+                    outcome="conflict",
+                    proof="attestation",
+                    nonce_hmac=self._nonce_hmac(req),
+                )
+        except Exception:  # noqa: S110 - the refusal stands whether or not it could be recorded
+            pass
+
+    def _nonce_hmac(self, req: AttestedRelease) -> str:
+        return self.store.secret_digest("attest nonce digest", req.report.request_digest)
+
+    def _identity(self, device: Device | None) -> tuple[Ed25519PublicKey, bytes | None] | None:
+        if device is None or device.identity is None:
+            return None
+        public, measurement = self.devices.identity_of(device) or (b"", None)
+        return Ed25519PublicKey.from_public_bytes(public), measurement
+
+    def _decide(self, session: Session, req: AttestedRelease, at: float) -> Decision:
+        decision = Decision()
+        report = req.report
+        domain_id, device = self.devices.find_device(session, req.domain, req.device)
+        identity = self._identity(device)
+        if identity is None:
+            # The barrier work a known device's identity costs, so timing says little more.
+            self.store.barrier.decrypt(self.devices._dummy_blob(), table="devices", row="-", purpose="psk")
+        try:
+            (identity[0] if identity else _DUMMY_IDENTITY).verify(report.signature, report.signed_bytes())
+            signed = identity is not None
+        except InvalidSignature:
+            signed = False
+        if device is None:
+            self.devices._recent_failures(session, 0, at)
+            decision.reason = "unknown_device"
+        elif device.revoked:
+            decision.reason = "revoked"
+        elif identity is None:
+            decision.reason = "not_enrolled"
+        else:
+            if not signed:
+                decision.reason = "bad_signature"
+                self.devices.count_failure(session, device, at)
+            self.devices.check_lockout(session, device, at, decision)
+        if decision.reason is None and device is not None:
+            decision.reason = self._consume_nonce(session, device, report, at)
+        if decision.reason is None and identity is not None:
+            expected = identity[1]
+            if expected is not None and not hmac.compare_digest(report.measurement, expected):
+                decision.reason = "wrong_measurement"
+        if decision.reason is None:
+            age = at - report.timestamp
+            if age > self.max_report_age:
+                decision.reason = "stale_report"
+            elif age < -MAX_CLOCK_SKEW:
+                decision.reason = "future_report"
+        if decision.reason is None and device is not None:
+            self.devices._authorize_and_seal(session, device, req, at, decision)
+
+        proof: dict[str, Any] = {"proof": "attestation", "nonce_hmac": self._nonce_hmac(req)}
+        if signed and device is not None:
+            # Only a verified report's fields are the card's word; an unverified one's are noise.
+            proof |= {
+                "identity_generation": device.identity_generation,
+                "card_id": report.device_id,
+                "session_counter": report.session_counter,
+                "measurement": report.measurement.hex(),
+            }
+        self.devices.audit_release(
+            session,
+            domain=req.domain,
+            domain_known=domain_id is not None,
+            claimed_device=req.device,
+            device=device,
+            target=req,
+            decision=decision,
+            **proof,
+        )
+        return decision
+
+    def _consume_nonce(self, session: Session, device: Device, report: Report, at: float) -> str | None:
+        row = session.execute(
+            select(AttestNonce).where(AttestNonce.nonce_hash == report.request_digest.hex())
+        ).scalar()
+        if row is None or row.device_id != device.id:
+            return "unknown_nonce"  # never issued, evicted, or issued to another device
+        if row.used is not None:
+            return "replay"
+        if at > row.expires:
+            return "nonce_expired"
+        # Conditional on still being unused: of two concurrent releases over one nonce (other
+        # workers or replicas), exactly one changes the row.
+        consumed = session.execute(
+            update(AttestNonce)
+            .where(AttestNonce.id == row.id, AttestNonce.used.is_(None))
+            .values(used=at)
+            .execution_options(synchronize_session=False)
+        )
+        return None if getattr(consumed, "rowcount", 0) == 1 else "replay"
+
+
+# --- HTTP ---------------------------------------------------------------------------------------
+
+
+class EnrollIdentity(BaseModel):
+    public_key: str = Field(max_length=64, description="base64 of the raw 32-byte Ed25519 public key")
+    measurement: str | None = Field(default=None, max_length=64, description="64 hex digits, or null")
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(data)
+    except ValueError:
+        raise _BadRelease("body") from None
+    if not isinstance(body, dict):
+        raise _BadRelease("body")
+    return body
+
+
+def parse_challenge(data: bytes) -> tuple[str, str]:
+    body = _json_object(data)
+    return _release_name(body, "domain", DEFAULT_DOMAIN), _release_name(body, "device")
+
+
+def parse_attested_release(data: bytes) -> AttestedRelease:
+    body = _json_object(data)
+    domain = _release_name(body, "domain", DEFAULT_DOMAIN)
+    device = _release_name(body, "device")
+    raw = _release_b64(body, "report", 1, MAX_REPORT_SIZE)
+    try:
+        report = Report.from_bytes(raw)
+    except AttestationError:
+        raise _BadRelease("report") from None
+    return AttestedRelease(
+        domain=domain,
+        device=device,
+        report=report,
+        key_name=_release_name(body, "key_name"),
+        key_version=_release_int(body, "key_version", 1, 2**32 - 1),
+        wrapped=_release_b64(body, "wrapped", wrapping.WRAPPED_SIZE, wrapping.WRAPPED_SIZE),
+    )
+
+
+def _json(answer: dict[str, Any]) -> Response:
+    return Response(json.dumps(answer), 200, headers=NO_STORE, media_type="application/json")
+
+
+def add_routes(
+    app: FastAPI,
+    devices: DeviceStore,
+    caller: Callable[..., Principal],
+    allow: Callable[[Principal, tuple[str, ...], str, str], None],
+) -> Attestation:
+    """Register enrolment (FastAPI, token) and challenge + release (plain Starlette, no token)."""
+    store = devices.store
+    service = Attestation(devices, max_report_age=max_report_age_from_env())
+
+    @app.post("/v1/devices/{name}/identity")
+    def enroll(who: Annotated[Principal, Depends(caller)], name: str, body: EnrollIdentity) -> dict[str, Any]:
+        allow(who, WRITE_KEYS, "device.enroll", name)
+        public_key, measurement = parse_identity(body.public_key, body.measurement)
+        return service.enroll(who, name, public_key, measurement)
+
+    async def challenge(request: Request) -> Response:
+        if store.barrier.sealed:
+            return _error(503, "sealed", "the vault is sealed")
+        data = await read_bounded(request, MAX_CHALLENGE_BODY)
+        if data is None:
+            return _error(413, "invalid_request", "the challenge request is too large")
+        try:
+            domain, device = parse_challenge(data)
+        except _BadRelease as e:
+            return _error(400, "invalid_request", f"invalid request field: {e}")
+        try:
+            nonce = await run_in_threadpool(service.challenge, domain, device)
+        except Unavailable as e:
+            return _error(503, e.code, e.message)
+        except Exception:
+            return _error(503, "challenge_failed", "the vault could not issue a challenge")
+        return _json({"nonce": base64.b64encode(nonce).decode(), "expires_in": NONCE_TTL_SECONDS})
+
+    async def release(request: Request) -> Response:
+        if store.barrier.sealed:
+            return _error(503, "sealed", "the vault is sealed")
+        data = await read_bounded(request, MAX_ATTEST_BODY)
+        if data is None:
+            return _error(413, "invalid_request", "the release request is too large")
+        try:
+            req = parse_attested_release(data)
+        except _BadRelease as e:
+            return _error(400, "invalid_request", f"invalid request field: {e}")
+        try:
+            sealed = await run_in_threadpool(service.release, req)
+        except ReleaseDenied:
+            return Response(DENIED_BODY, 403, headers=NO_STORE, media_type="application/json")
+        except Unavailable as e:
+            return _error(503, e.code, e.message)
+        except Exception:
+            # Storage or audit failure: the transaction rolled back, so nothing was released.
+            return _error(
+                503, "release_failed", "the vault could not record the release; nothing was released"
+            )
+        return _json(
+            {
+                "key_name": req.key_name,
+                "key_version": req.key_version,
+                "sealed": base64.b64encode(sealed).decode(),
+            }
+        )
+
+    app.add_route("/v1/attest/challenge", challenge, methods=["POST"], include_in_schema=False)
+    app.add_route("/v1/attest/release", release, methods=["POST"], include_in_schema=False)
+    return service

@@ -1,0 +1,494 @@
+"""The model repository: sealed model files kept by the vault, downloaded by operators and devices.
+
+A row per model (table ``models``) names a content-addressed blob ``ROOT/<domain>/<sha256>`` on disk
+(ROOT is ``DATA/models`` or ``vault serve --models-dir``). Uploads are streamed to a temporary file
+in that folder (never held in memory), fsynced, checked to be a sealed model (magic, header, size),
+and renamed into place in the transaction that writes the row and its audit record. The vault never
+needs a model's key to store it: the `vault` stanzas' key names and versions are read from the
+header and recorded, and a device may download a model only if it may release one of those keys
+(policy and licence, ``device_auth.grant``). The blob is ciphertext, so the repository adds
+distribution and access control, not confidentiality.
+
+Blobs no longer named by any row are deleted in a write transaction of their own. Write transactions
+are serialised (BEGIN IMMEDIATE on SQLite, the writers' advisory lock on PostgreSQL) and an upload
+renames its file into place inside its own, so it can't race that deletion.
+"""
+
+# No `from __future__ import annotations`: FastAPI must evaluate the route signatures, which use
+# the local Caller alias made in add_routes.
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, BinaryIO
+
+import anyio.to_thread
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import BigInteger, ForeignKey, Integer, String, Text, UniqueConstraint, func, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response, StreamingResponse
+
+from ..errors import FormatError
+from ..fileio import fsync_dir
+from ..opening import read_header
+from . import recipient
+from .device_auth import BadDeviceRequest, DeviceProof, DeviceRequests, Outcome, has_device_headers
+from .device_auth import parse_device_headers as parse_proof
+from .devices import Device, DeviceStore, ReleaseDenied, check_id
+from .errors import KeyServiceError, NotFound, PermissionDenied, Unavailable
+from .store import Base, Principal, Store, now
+
+API_PREFIX = "/v1"
+DEFAULT_MAX_MODEL_SIZE = 64 << 30
+CHUNK_SIZE = 1 << 20
+MAX_KEY_REFS = 64
+STALE_UPLOAD_SECONDS = 24 * 3600
+_UPLOAD_PREFIX = ".upload-"
+WRITE_MODELS = ("admin", "operator")
+READ_MODELS = ("admin", "operator", "auditor")
+NO_STORE = {"Cache-Control": "no-store"}
+# Byte for byte the key release's refusal: a device learns nothing from which route refused it.
+DENIED_BODY = json.dumps(
+    {"error": {"code": ReleaseDenied.code, "message": "key release refused"}}, separators=(",", ":")
+).encode()
+
+
+class ModelRecord(Base):
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("domain_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id"))
+    name: Mapped[str] = mapped_column(String(128))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    key_refs: Mapped[str] = mapped_column(Text)  # JSON list of "key_name:key_version"
+    created: Mapped[str] = mapped_column(String(32))
+    uploaded_by: Mapped[str] = mapped_column(String(32))
+
+
+def key_refs_of(text: str) -> list[tuple[str, int]]:
+    refs = []
+    for ref in json.loads(text):
+        name, _, version = str(ref).rpartition(":")
+        refs.append((name, int(version)))
+    return refs
+
+
+def sealed_key_refs(path: Path) -> list[str]:
+    """The `vault` stanzas' ``name:version`` of a sealed file, or FormatError if it is not one."""
+    with open(path, "rb", buffering=0) as f:
+        header = read_header(f)
+        size = os.fstat(f.fileno()).st_size
+    if size != header.header_length + header.core.payload_ciphertext_length:
+        raise FormatError("not a sealed model: truncated or followed by extra bytes")
+    refs: list[str] = []
+    for stanza in header.stanzas:
+        if stanza.type != recipient.STANZA_TYPE:
+            continue
+        name, version = recipient.parse_args(stanza)
+        ref = f"{name}:{version}"
+        if ref not in refs:
+            refs.append(ref)
+    if len(refs) > MAX_KEY_REFS:
+        raise FormatError(f"a sealed model in the repository names at most {MAX_KEY_REFS} vault keys")
+    return refs
+
+
+def etag(sha256: str) -> str:
+    return f'"{sha256}"'
+
+
+def etag_matches(if_none_match: str | None, sha256: str) -> bool:
+    if not if_none_match:
+        return False
+    wanted = etag(sha256)
+    for item in if_none_match[:4096].split(","):
+        tag = item.strip()
+        if tag == "*" or tag.removeprefix("W/") == wanted:
+            return True
+    return False
+
+
+def _meta(row: ModelRecord, *, full: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": row.name,
+        "size": row.size,
+        "sha256": row.sha256,
+        "keys": json.loads(row.key_refs),
+        "created": row.created,
+    }
+    if full:
+        out["uploaded_by"] = row.uploaded_by
+    return out
+
+
+@dataclass
+class Download:
+    meta: dict[str, Any]
+    not_modified: bool
+    file: BinaryIO | None = None
+
+
+class TooLarge(KeyServiceError):
+    code = "too_large"
+    status = 413
+
+
+class ModelRepository:
+    def __init__(self, store: Store, requests: DeviceRequests, root: Path | None, max_size: int) -> None:
+        self.store = store
+        self.requests = requests
+        self.root = root
+        self.max_size = max_size
+
+    # --- files -----------------------------------------------------------------------------------
+
+    def folder(self, domain: str) -> Path:
+        if self.root is None:
+            raise Unavailable(
+                "this vault has no model repository folder (vault serve --models-dir)",
+                code="models_unavailable",
+            )
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = self.root / domain
+        path.mkdir(mode=0o700, exist_ok=True)
+        return path
+
+    def blob(self, domain: str, sha256: str) -> Path:
+        return self.folder(domain) / sha256
+
+    def remove_stale_uploads(self) -> None:
+        """Temporary files of uploads cut off by a crash (a day old: no live upload is that slow)."""
+        if self.root is None or not self.root.is_dir():
+            return
+        limit = time.time() - STALE_UPLOAD_SECONDS
+        for path in self.root.glob(f"*/{_UPLOAD_PREFIX}*"):
+            with contextlib.suppress(OSError):
+                if path.stat().st_mtime < limit:
+                    path.unlink()
+
+    async def receive(self, who: Principal, request: Request) -> tuple[Path, int, str]:
+        """Stream the body to a temporary file: (path, size, sha256 hex). Bounded by max_size."""
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_size:
+            raise TooLarge(f"a model in this vault is at most {self.max_size} bytes")
+        folder = await run_in_threadpool(self.folder, who.domain)
+        fd, name = await run_in_threadpool(tempfile.mkstemp, "", _UPLOAD_PREFIX, str(folder))
+        tmp = Path(name)
+        hasher = hashlib.sha256()
+        size = 0
+        try:
+            with os.fdopen(fd, "wb", buffering=0) as f:
+                pending: list[bytes] = []
+                held = 0
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > self.max_size:
+                        raise TooLarge(f"a model in this vault is at most {self.max_size} bytes")
+                    pending.append(chunk)
+                    held += len(chunk)
+                    if held >= CHUNK_SIZE:
+                        # Disk writes and hashing leave the event loop; at most ~1 MiB is held.
+                        await anyio.to_thread.run_sync(_write, f, hasher, b"".join(pending))
+                        pending, held = [], 0
+                if pending:
+                    await anyio.to_thread.run_sync(_write, f, hasher, b"".join(pending))
+                await anyio.to_thread.run_sync(os.fsync, f.fileno())
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        return tmp, size, hasher.hexdigest()
+
+    # --- upload ----------------------------------------------------------------------------------
+
+    def _row(self, session: Session, domain_id: int, model_id: str) -> ModelRecord | None:
+        return session.execute(
+            select(ModelRecord).where(ModelRecord.domain_id == domain_id, ModelRecord.name == model_id)
+        ).scalar()
+
+    def check_absent(self, who: Principal, model_id: str) -> None:
+        """Refuse an upload over an existing id before its body is read (the commit re-checks)."""
+
+        def run(session: Session) -> None:
+            if self._row(session, who.domain_id, model_id) is not None:
+                raise KeyServiceError(
+                    f"model {model_id!r} exists (upload with replace to overwrite it)",
+                    code="exists",
+                    status=409,
+                )
+
+        self.store._operation(who, "model.upload", model_id, run)
+
+    def commit(
+        self, who: Principal, model_id: str, tmp: Path, size: int, sha256: str, replace: bool
+    ) -> dict[str, Any]:
+        """Check the temporary file is a sealed model, then move it into place with its row."""
+        try:
+            try:
+                refs = sealed_key_refs(tmp)
+            except (FormatError, ValueError):
+                error = KeyServiceError("not a sealed model", code="not_sealed")
+                self.store.record_refusal(who, "model.upload", model_id, error)
+                raise error from None
+            final = self.blob(who.domain, sha256)
+
+            def run(session: Session) -> tuple[dict[str, Any], str | None]:
+                row = self._row(session, who.domain_id, model_id)
+                if row is not None and not replace:
+                    raise KeyServiceError(f"model {model_id!r} exists", code="exists", status=409)
+                old = row.sha256 if row is not None else None
+                os.replace(tmp, final)
+                fsync_dir(final.parent)
+                if row is None:
+                    row = ModelRecord(domain_id=who.domain_id, name=model_id)
+                    session.add(row)
+                row.size, row.sha256, row.key_refs = size, sha256, json.dumps(refs)
+                row.created, row.uploaded_by = now(), who.accessor
+                session.flush()
+                self.store._audit(
+                    session,
+                    who.domain,
+                    "model.upload",
+                    who.accessor,
+                    model=model_id,
+                    size=size,
+                    sha256=sha256,
+                    keys=refs,
+                    replaced=old is not None,
+                )
+                return _meta(row, full=True), old
+
+            meta, old = self.store._operation(who, "model.upload", model_id, run)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        if old is not None and old != sha256:
+            self._collect(who.domain_id, who.domain, old)
+        return meta
+
+    def _collect(self, domain_id: int, domain: str, sha256: str) -> None:
+        try:
+            with self.store._write() as session:
+                users = session.execute(
+                    select(func.count(ModelRecord.id)).where(
+                        ModelRecord.domain_id == domain_id, ModelRecord.sha256 == sha256
+                    )
+                ).scalar()
+                if not users:
+                    self.blob(domain, sha256).unlink(missing_ok=True)
+        except Exception:  # noqa: S110 - a leftover blob wastes space; the upload itself succeeded
+            pass
+
+    # --- reads -----------------------------------------------------------------------------------
+
+    def list_models(self, who: Principal) -> list[dict[str, Any]]:
+        def run(session: Session) -> list[dict[str, Any]]:
+            rows = session.execute(
+                select(ModelRecord).where(ModelRecord.domain_id == who.domain_id).order_by(ModelRecord.name)
+            ).scalars()
+            self.store._audit(session, who.domain, "model.list", who.accessor)
+            return [_meta(r) for r in rows]
+
+        return self.store._operation(who, "model.list", "", run)
+
+    def _open_blob(self, domain: str, row: ModelRecord) -> BinaryIO:
+        try:
+            return open(self.blob(domain, row.sha256), "rb", buffering=0)  # closed by the response stream
+        except FileNotFoundError:
+            raise Unavailable(
+                f"the file of model {row.name!r} is missing from the repository", code="model_missing"
+            ) from None
+
+    def for_token(
+        self, who: Principal, model_id: str, *, content: bool, if_none_match: str | None = None
+    ) -> Download:
+        check_id("model", model_id)
+        op = "model.download" if content else "model.read"
+
+        def run(session: Session) -> Download:
+            row = self._row(session, who.domain_id, model_id)
+            if row is None:
+                raise NotFound(f"no model {model_id!r}")
+            fresh = content and etag_matches(if_none_match, row.sha256)
+            handle = self._open_blob(who.domain, row) if content and not fresh else None
+            try:
+                outcome = "not_modified" if fresh else "ok"
+                self.store._audit(
+                    session, who.domain, op, who.accessor, model=model_id, sha256=row.sha256, outcome=outcome
+                )
+            except BaseException:
+                if handle is not None:
+                    handle.close()
+                raise
+            return Download(_meta(row, full=True), fresh, handle)
+
+        return self.store._operation(who, op, model_id, run)
+
+    def for_device(
+        self, proof: DeviceProof, model_id: str, *, content: bool, if_none_match: str | None = None
+    ) -> Download:
+        op = "model.download" if content else "model.read"
+
+        def decide(session: Session, device: Device, at: float, out: Outcome) -> Download:
+            row = self._row(session, device.domain_id, model_id)
+            if row is None:
+                out.reason = "unknown_model"
+                return Download({}, False)
+            granted, reason = self.requests.first_grant(session, device, key_refs_of(row.key_refs), at)
+            if granted is None:
+                out.reason = reason
+                return Download({}, False)
+            out.details.update(sha256=row.sha256, key=granted.key_name, version=granted.key_version)
+            fresh = content and etag_matches(if_none_match, row.sha256)
+            if fresh:
+                out.details["not_modified"] = True
+            handle = self._open_blob(proof.domain, row) if content and not fresh else None
+            return Download(_meta(row), fresh, handle)
+
+        return self.requests.run(op, proof, decide, details={"model": model_id})
+
+
+def _write(f: BinaryIO, hasher: Any, data: bytes) -> None:
+    hasher.update(data)
+    view = memoryview(data)
+    while view:
+        written = f.write(view)
+        if written is None:  # pragma: no cover - only non-blocking files return None
+            raise OSError("short write")
+        view = view[written:]
+
+
+async def _stream(f: BinaryIO) -> AsyncIterator[bytes]:
+    try:
+        while True:
+            data = await anyio.to_thread.run_sync(f.read, CHUNK_SIZE)
+            if not data:
+                return
+            yield data
+    finally:
+        f.close()
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=NO_STORE)
+
+
+def denied() -> Response:
+    return Response(DENIED_BODY, 403, headers=NO_STORE, media_type="application/json")
+
+
+def parse_size(text: str) -> int:
+    """``--max-model-size``: bytes, or with a K/M/G/T suffix (powers of 1024)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    clean = text.strip().upper().removesuffix("IB").removesuffix("B")
+    number, unit = (clean[:-1], clean[-1]) if clean[-1:] in units and clean[-1:] else (clean, "")
+    if not number.isdigit() or len(number) > 15 or int(number) < 1:
+        raise ValueError(f"not a size: {text!r} (e.g. 64G, 500M, 1048576)")
+    return int(number) * units[unit]
+
+
+def add_routes(
+    app: FastAPI,
+    store: Store,
+    devices: DeviceStore,
+    *,
+    caller: Callable[..., Principal],
+    allow: Callable[..., None],
+    models_dir: str | os.PathLike[str] | None,
+    max_size: int = DEFAULT_MAX_MODEL_SIZE,
+) -> ModelRepository:
+    """Register the /v1/models routes; ``caller`` and ``allow`` are the app's token checks."""
+    repo = ModelRepository(
+        store, DeviceRequests(devices), Path(models_dir) if models_dir is not None else None, max_size
+    )
+    repo.remove_stale_uploads()
+    Caller = Annotated[Principal, Depends(caller)]
+
+    @app.put(f"{API_PREFIX}/models/{{model_id}}")
+    async def upload_model(
+        who: Caller, model_id: str, request: Request, replace: Annotated[bool, Query()] = False
+    ) -> dict[str, Any]:
+        # The body is read by hand (no body parameter), so FastAPI never buffers it.
+        await run_in_threadpool(allow, who, WRITE_MODELS, "model.upload", model_id)
+        check_id("model", model_id)
+        if not replace:
+            await run_in_threadpool(repo.check_absent, who, model_id)
+        try:
+            tmp, size, sha256 = await repo.receive(who, request)
+        except TooLarge as e:
+            await run_in_threadpool(store.record_refusal, who, "model.upload", model_id, e)
+            raise
+        return await run_in_threadpool(repo.commit, who, model_id, tmp, size, sha256, replace)
+
+    @app.get(f"{API_PREFIX}/models")
+    def list_models(who: Caller) -> dict[str, Any]:
+        allow(who, READ_MODELS, "model.list")
+        return {"models": repo.list_models(who)}
+
+    def token_of(request: Request) -> Principal:
+        scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
+        return store.authenticate(token.strip() if scheme.lower() == "bearer" else None)
+
+    async def fetch(request: Request, content: bool) -> Response:
+        # Token (operator tools) or device headers (edge agents): the device path answers every
+        # refusal with the release's uniform 403.
+        if store.barrier.sealed:
+            return _error(503, "sealed", "the vault is sealed")
+        model_id = str(request.path_params["model_id"])
+        if_none_match = request.headers.get("if-none-match")
+        try:
+            check_id("model", model_id)
+            if has_device_headers(request.headers):
+                raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
+                path = bytes(raw_path).split(b"?", 1)[0].decode("latin-1")
+                try:
+                    proof = parse_proof(request.headers, method=request.method, path=path, body=b"")
+                except BadDeviceRequest as e:
+                    return _error(400, "invalid_request", f"invalid request header: {e}")
+                try:
+                    got = await run_in_threadpool(
+                        repo.for_device, proof, model_id, content=content, if_none_match=if_none_match
+                    )
+                except ReleaseDenied:
+                    return denied()
+            else:
+                who = await run_in_threadpool(token_of, request)
+                roles, op = (WRITE_MODELS, "model.download") if content else (READ_MODELS, "model.read")
+                if who.role not in roles:
+                    error = PermissionDenied(f"role {who.role} may not {op.replace('.', ' ')}")
+                    await run_in_threadpool(store.record_refusal, who, op, model_id, error)
+                    raise error
+                got = await run_in_threadpool(
+                    repo.for_token, who, model_id, content=content, if_none_match=if_none_match
+                )
+        except KeyServiceError as e:
+            return _error(e.status, e.code, e.message)
+        except Exception:
+            return _error(503, "storage_unavailable", "the vault could not read its model repository")
+        if not content:
+            return JSONResponse(got.meta, headers=NO_STORE)
+        headers = {"ETag": etag(got.meta["sha256"]), "Cache-Control": "no-store"}
+        if got.not_modified or got.file is None:
+            return Response(status_code=304, headers=headers)
+        headers["Content-Length"] = str(os.fstat(got.file.fileno()).st_size)
+        return StreamingResponse(_stream(got.file), headers=headers, media_type="application/octet-stream")
+
+    async def model_info(request: Request) -> Response:
+        return await fetch(request, content=False)
+
+    async def model_content(request: Request) -> Response:
+        return await fetch(request, content=True)
+
+    app.add_route(f"{API_PREFIX}/models/{{model_id}}", model_info, methods=["GET"], include_in_schema=False)
+    app.add_route(
+        f"{API_PREFIX}/models/{{model_id}}/content", model_content, methods=["GET"], include_in_schema=False
+    )
+    return repo
