@@ -44,7 +44,7 @@ from .keyfiles import (
 from .keyfiles import (
     parse_recipient as load_recipient,
 )
-from .lease import LeaseKeeper, LeasePolicy, keep_lease
+from .lease import LeasedHandle, LeaseKeeper, LeasePolicy, keep_lease
 from .opening import SealedModel, VerifyReport, open, verify
 from .recipients import MEK, Identity, Passphrase, Recipient, X25519Identity, X25519Recipient
 from .rewrapping import RewrapResult, rewrap
@@ -77,6 +77,7 @@ __all__ = [
     "LeaseKeeper",
     "LeaseLostError",
     "LeasePolicy",
+    "LeasedHandle",
     "MemoryLockError",
     "ModelSealError",
     "NoMatchingIdentityError",

@@ -17,9 +17,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from .errors import ModelSealError
+from .errors import LeaseLostError, ModelSealError
 
 Check = Callable[[], "str | None"]
 OnLost = Callable[[str], None]
@@ -121,3 +121,46 @@ def keep_lease(model: object, identity: object, policy: LeasePolicy | None = Non
     if not callable(revoke):
         raise TypeError("keep_lease needs a model opened by modelseal.open")
     return LeaseKeeper(identity.lease_check(), policy or LeasePolicy(), revoke).start()
+
+
+class LeasedHandle:
+    """A runtime's handle (an ONNX Runtime session, an OpenVINO compiled model, a torch module)
+    that works while the lease holds and refuses every use once it is lost.
+
+    Runtimes keep their own copy of the weights, which modelseal cannot zeroize; losing the lease
+    drops this wrapper's reference (the runtime frees them once nothing else holds the handle) and
+    every later attribute access — ``run``, ``infer``, ``__call__`` via ``.forward`` — raises
+    LeaseLostError. Keep only the wrapper, not the handle itself, for revocation to bite.
+    """
+
+    __slots__ = ("_keeper", "_reason", "_target")
+
+    def __init__(self, target: object, identity: object, policy: LeasePolicy | None = None) -> None:
+        self._target: object | None = target
+        self._reason: str | None = None
+        self._keeper: LeaseKeeper | None = None
+        if isinstance(identity, Leasing):
+            self._keeper = LeaseKeeper(identity.lease_check(), policy or LeasePolicy(), self._lose).start()
+
+    def _lose(self, reason: str) -> None:
+        self._reason = reason
+        self._target = None
+
+    @property
+    def lease_lost(self) -> str | None:
+        return self._reason
+
+    def __getattr__(self, name: str) -> Any:
+        target = self._target
+        if target is None:
+            raise LeaseLostError(f"the model was closed because its lease ended: {self._reason}")
+        return getattr(target, name)
+
+    def __call__(self, *args: object, **kwargs: object) -> Any:
+        return self.__getattr__("__call__")(*args, **kwargs)
+
+    def close(self) -> None:
+        """Stop re-checking and drop the handle."""
+        if self._keeper is not None:
+            self._keeper.stop()
+        self._target = None

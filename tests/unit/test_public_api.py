@@ -15,6 +15,7 @@ EXPECTED = {
     "IntegrityError",
     "KeyFileError",
     "LeaseKeeper",
+    "LeasedHandle",
     "LeaseLostError",
     "LeasePolicy",
     "MemoryLockError",

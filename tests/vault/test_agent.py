@@ -188,3 +188,91 @@ def test_the_agent_limits_rate_and_size_per_caller(vault: VaultServer, tmp_path:
         assert int(limited.headers["retry-after"]) >= 1
         assert c.post("/v1/release", json={"device": "other"}).status_code == 400  # others still pass
         assert c.get("/v1/keys").status_code in (404, 405)  # nothing outside the allow-list
+
+
+def test_a_runtime_session_refuses_use_once_the_lease_is_lost(
+    vault: VaultServer, agent: AgentProcess, tmp_path: Path, key_name: str
+) -> None:
+    np = pytest.importorskip("numpy")
+    onnx = pytest.importorskip("onnx", reason="needs the 'demo' extra")
+    pytest.importorskip("onnxruntime", reason="needs the 'onnxruntime' extra")
+    from onnx import TensorProto, helper
+
+    from modelseal.runtimes.onnxruntime import load_session
+
+    weights = np.arange(8, dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])],
+        "add",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8])],
+        [helper.make_tensor("w", TensorProto.FLOAT, [8], weights.tolist())],
+    )
+    plain = tmp_path / "add.onnx"
+    plain.write_bytes(
+        helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9
+        ).SerializeToString()
+    )
+    onnx.checker.check_model(str(plain))
+    sealed, name, psk = granted(vault, tmp_path, key_name)
+    modelseal.seal(plain, sealed.path, [sealed.recipient], mek=sealed.recipient.data_key, overwrite=True)
+    ident = via(agent.address, name, psk)
+    session = modelseal.LeasedHandle(
+        load_session(sealed.path, ident, providers=["CPUExecutionProvider"]),
+        ident,
+        modelseal.LeasePolicy(interval=0.2, grace=30),
+    )
+    x = np.ones(8, dtype=np.float32)
+    assert np.array_equal(session.run(None, {"x": x})[0], x + weights)
+    with vault.client() as admin:
+        admin.revoke_device(name)
+    deadline = time.monotonic() + 10
+    while session.lease_lost is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with pytest.raises(modelseal.LeaseLostError, match="lease ended"):
+        session.run(None, {"x": x})
+    session.close()
+
+
+def test_a_stopped_vault_mounts_nothing(make_vault: object, tmp_path: Path, key_name: str) -> None:
+    """cfs mount/run through the agent with the vault gone: exit 15, one line, no mount, no child."""
+    import os
+    import subprocess
+    import sys
+
+    from modelseal import cfs
+
+    from .conftest import stop_server
+
+    assert callable(make_vault)
+    own: VaultServer = make_vault()
+    sealed, name, psk = granted(own, tmp_path, key_name)
+    psk_file = tmp_path / "dev.psk"
+    psk_file.write_text(f"# device: {name}\n{psk.hex()}\n")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    marker = tmp_path / "child-ran"
+    with agent_process(own.url, own.ca, tmp_path / "agent") as running:
+        stop_server(own)
+        device_args = ["--agent", running.address, "--psk-file", str(psk_file)]
+        base = [sys.executable, "-m", "modelseal", "cfs"]
+        run = subprocess.run(
+            [*base, "run", str(sealed.path), *device_args, "--", "touch", str(marker)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode == 15, run.stderr
+        assert "cannot reach the vault" in run.stderr and "Traceback" not in run.stderr
+        assert len(run.stderr.strip().splitlines()) == 1 and not marker.exists()
+        if cfs.fuse_unavailable() is not None and os.environ.get("CI") != "true":
+            pytest.skip(f"FUSE: {cfs.fuse_unavailable()}")
+        mount = subprocess.run(
+            [*base, "mount", str(sealed.path), "--at", str(mnt), *device_args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert mount.returncode == 15, mount.stderr
+        assert "cannot reach the vault" in mount.stderr and not os.path.ismount(mnt)
