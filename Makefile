@@ -28,11 +28,13 @@ $(DEMO_STAMP): pyproject.toml | $(VENV)/bin/python
 
 # Debian packages that Python packages build against (pyfuse3 needs libfuse3) or tests run
 # (fusermount3, nginx as the vault gateway, PostgreSQL for the vault's storage tests, SoftHSM2 as
-# its PKCS#11 token). Installed when missing and we are root; otherwise say what to install.
-SYSTEM_PACKAGES := libfuse3-dev fuse3 pkg-config gcc nginx postgresql softhsm2
+# its PKCS#11 token; strace for the no-plaintext-written test of tests/adversarial; wrk drives
+# bench/bench_release.py). Installed when missing and we are root; otherwise say what to install.
+SYSTEM_PACKAGES := libfuse3-dev fuse3 pkg-config gcc nginx postgresql softhsm2 strace wrk
 system-deps:
 	@if ! pkg-config --exists fuse3 2>/dev/null || ! command -v fusermount3 >/dev/null || [ ! -x /usr/sbin/nginx ] \
-	  || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v softhsm2-util >/dev/null; then \
+	  || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v softhsm2-util >/dev/null \
+	  || ! command -v strace >/dev/null || ! command -v wrk >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
 	  else \
@@ -70,6 +72,7 @@ bench: $(TEST_STAMP)
 	$(BIN)/python bench/bench_peers.py
 	$(BIN)/python bench/bench_rewrap.py
 	$(BIN)/python bench/bench_runtimes.py
+	$(BIN)/python bench/bench_release.py
 	@if [ "$$(id -u)" = 0 ] && command -v gocryptfs >/dev/null; then $(BIN)/python bench/bench_cfs.py; \
 	  else echo "bench_cfs skipped: needs root and gocryptfs (apt-get install gocryptfs)"; fi
 

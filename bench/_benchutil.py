@@ -12,7 +12,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,3 +169,23 @@ def machine() -> str:
         f"nproc {os.cpu_count()}, {cpu}, Linux {platform.release()}, Python {sys.version.split()[0]}, "
         f"cryptography {cryptography.__version__}"
     )
+
+
+@contextlib.contextmanager
+def throwaway_postgres() -> Iterator[str]:
+    """A fresh database in a throw-away PostgreSQL cluster on loopback; yields its URL.
+
+    The cluster is the tests' (tests/vault/postgres.py: initdb as the `postgres` user when root,
+    trust auth on 127.0.0.1 and a private unix socket, always stopped and removed), so the benches
+    and the tests run one implementation.
+    """
+    tests = str(Path(__file__).resolve().parent.parent / "tests")
+    if tests not in sys.path:
+        sys.path.append(tests)
+    from vault.postgres import PostgresUnavailable, running_postgres
+
+    try:
+        with running_postgres() as server:
+            yield server.create_database("bench")
+    except PostgresUnavailable as e:
+        raise SystemExit(f"PostgreSQL: {e}") from None

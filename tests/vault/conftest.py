@@ -73,8 +73,25 @@ def start_server(folder: Path, database_url: str | None = None) -> VaultServer:
     return serve_process(data, folder / "server.log", database_url)
 
 
-def serve_process(data: Path, log: Path, database_url: str | None = None) -> VaultServer:
-    """`vault serve` on an existing data folder (several may serve one PostgreSQL database)."""
+def tls_context(server: VaultServer, client_cert: tuple[Path, Path] | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(server.ca))
+    if client_cert is not None:
+        context.load_cert_chain(str(client_cert[0]), str(client_cert[1]))
+    return context
+
+
+def serve_process(
+    data: Path,
+    log: Path,
+    database_url: str | None = None,
+    flags: tuple[str, ...] = (),
+    client_cert: tuple[Path, Path] | None = None,
+) -> VaultServer:
+    """`vault serve` on an existing data folder (several may serve one PostgreSQL database).
+
+    ``flags`` are extra `vault serve` options; the health probe presents ``client_cert`` when the
+    vault requires one.
+    """
     database = ["--database", database_url] if database_url else []
     for _ in range(3):  # the free port may be taken between probe and bind
         port = _free_port()
@@ -91,13 +108,14 @@ def serve_process(data: Path, log: Path, database_url: str | None = None) -> Vau
                     "--listen",
                     f"127.0.0.1:{port}",
                     *database,
+                    *flags,
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         server = VaultServer(f"https://127.0.0.1:{port}", data, log, process, database_url)
-        context = ssl.create_default_context(cafile=str(server.ca))
+        context = tls_context(server, client_cert)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and process.poll() is None:
             try:

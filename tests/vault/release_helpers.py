@@ -16,9 +16,11 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 import modelseal
-from modelseal.vault import protocol
+from modelseal.vault import datadir, protocol
 from modelseal.vault.device_identity import DeviceIdentity
+from modelseal.vault.devices import DeviceStore
 from modelseal.vault.recipient import VaultRecipient
+from modelseal.vault.store import Principal, Store
 
 from .conftest import VaultServer
 
@@ -35,6 +37,37 @@ class Sealed:
     data: bytes
     key_name: str
     recipient: VaultRecipient
+
+
+@dataclass
+class LocalVault:
+    """A vault data folder opened in-process (no server): master key "k" and a model sealed under it.
+
+    The caller closes ``store``.
+    """
+
+    store: Store
+    admin: Principal
+    devices: DeviceStore
+    sealed: Sealed
+
+    @property
+    def data_key(self) -> bytes:
+        return self.sealed.recipient.data_key
+
+
+def local_vault(folder: Path) -> LocalVault:
+    datadir.init(folder / "v")
+    store = datadir.DataDir(folder / "v").open_store()
+    admin = store.authenticate((folder / "v" / datadir.TOKEN_FILE).read_text().strip())
+    store.create_key(admin, "k")
+    key = store.datakey(admin, "k", plaintext=True)
+    recipient = VaultRecipient("k", key.key_version, key.wrapped, key.plaintext)
+    (folder / "m.bin").write_bytes(b"weights")
+    modelseal.seal(folder / "m.bin", folder / "m.mseal", [recipient], mek=recipient.data_key)
+    return LocalVault(
+        store, admin, DeviceStore(store), Sealed(folder / "m.mseal", b"weights", "k", recipient)
+    )
 
 
 def seal_model(vault: VaultServer, key_name: str, folder: Path, size: int = 20_000) -> Sealed:

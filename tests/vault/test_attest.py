@@ -468,7 +468,9 @@ def test_migration_0004_adds_identity_and_nonces_to_an_existing_vault(tmp_path: 
     assert len(attestation.challenge("default", "old-cam")) == 32
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM attest_nonces")).scalar() == 1
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
+        # At head: 0004 or a later migration (0005 adds token usage).
+        version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        assert isinstance(version, str) and version >= "0004"
     engine.dispose()
 
 

@@ -2,6 +2,7 @@
 
 The token's AES key is generated inside the token, non-extractable; the data folder holds only the
 root encrypted by it. Skips with a reason where SoftHSM2 or python-pkcs11 is missing (never in CI).
+The token comes from tests/softhsm.py, shared with the device's token identity key tests.
 """
 
 from __future__ import annotations
@@ -9,66 +10,34 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from softhsm import PIN, SoftToken, soft_token
 
 from modelseal.errors import KeyFileError, UsageError
+from modelseal.pkcs11util import load_module
 from modelseal.vault import datadir
 from modelseal.vault.errors import KeyServiceError
-from modelseal.vault.pkcs11_root import Pkcs11Options, load_module, open_root
+from modelseal.vault.pkcs11_root import Pkcs11Options, open_root
 
 from .conftest import serve_process, stop_server
 
 pkcs11 = pytest.importorskip("pkcs11", reason="python-pkcs11 not installed (extra: vault)")
 
-MODULE_PATHS = ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so")
-PIN = "4711-user"
-SO_PIN = "0815-so"
-
-
-@dataclass(frozen=True)
-class SoftToken:
-    module: str
-    label: str
-    pin_file: Path
-    conf: Path
-
-    def options(self, **overrides: Any) -> Pkcs11Options:
-        return dataclasses.replace(Pkcs11Options(self.module, self.label, self.pin_file), **overrides)
-
 
 @pytest.fixture(scope="module")
 def token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftToken]:
-    module = next((p for p in MODULE_PATHS if Path(p).is_file()), None)
-    util = shutil.which("softhsm2-util")
-    if module is None or util is None:
-        pytest.skip("SoftHSM2 is not installed (apt-get install softhsm2)")
-    folder = tmp_path_factory.mktemp("softhsm")
-    (folder / "tokens").mkdir()
-    conf = folder / "softhsm2.conf"
-    conf.write_text(
-        f"directories.tokendir = {folder / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n"
-    )
-    pin_file = folder / "user.pin"
-    pin_file.write_text(PIN + "\n")
-    pin_file.chmod(0o600)
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("SOFTHSM2_CONF", str(conf))
-        made = subprocess.run(
-            [util, "--init-token", "--free", "--label", "T", "--pin", PIN, "--so-pin", SO_PIN],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert made.returncode == 0, made.stderr
-        yield SoftToken(module, "T", pin_file, conf)
+    with soft_token(tmp_path_factory, "T") as made:
+        yield made
+
+
+def options(soft: SoftToken, **overrides: Any) -> Pkcs11Options:
+    return dataclasses.replace(Pkcs11Options(soft.module, soft.label, soft.pin_file), **overrides)
 
 
 def token_key(token: SoftToken, label: str) -> object:
@@ -142,7 +111,7 @@ def test_init_serve_and_key_operations(token: SoftToken, tmp_path: Path) -> None
 
 
 def test_the_token_key_never_leaves_the_token(token: SoftToken, tmp_path: Path) -> None:
-    datadir.init(tmp_path / "vault", "pkcs11", pkcs11=token.options(key_label="vault-attrs"))
+    datadir.init(tmp_path / "vault", "pkcs11", pkcs11=options(token, key_label="vault-attrs"))
     assert token_key(token, "vault-attrs") == {
         "extractable": False,
         "sensitive": True,
@@ -159,12 +128,12 @@ def test_wrong_pin_fails_clearly(token: SoftToken, tmp_path: Path) -> None:
     wrong.write_text("not-the-pin\n")
     wrong.chmod(0o600)
     with pytest.raises(KeyServiceError, match="refused the PIN") as refused:
-        datadir.init(tmp_path / "a", "pkcs11", pkcs11=token.options(pin_file=wrong))
+        datadir.init(tmp_path / "a", "pkcs11", pkcs11=options(token, pin_file=wrong))
     assert refused.value.code == "pin_incorrect"
 
     # A vault made with the right PIN whose PIN file later goes wrong: serve stops with one line.
     data = tmp_path / "b"
-    datadir.init(data, "pkcs11", pkcs11=token.options(key_label="vault-pin"))
+    datadir.init(data, "pkcs11", pkcs11=options(token, key_label="vault-pin"))
     token.pin_file.write_text("not-the-pin\n")
     try:
         serve = subprocess.run(
@@ -194,32 +163,32 @@ def test_pin_file_hygiene(token: SoftToken, tmp_path: Path) -> None:
     loose.write_text(PIN + "\n")
     loose.chmod(0o644)
     with pytest.raises(KeyFileError, match="chmod 600"):
-        datadir.init(tmp_path / "a", "pkcs11", pkcs11=token.options(pin_file=loose))
+        datadir.init(tmp_path / "a", "pkcs11", pkcs11=options(token, pin_file=loose))
     with pytest.raises(KeyFileError, match="cannot read PIN file"):
-        datadir.init(tmp_path / "b", "pkcs11", pkcs11=token.options(pin_file=tmp_path / "missing.pin"))
+        datadir.init(tmp_path / "b", "pkcs11", pkcs11=options(token, pin_file=tmp_path / "missing.pin"))
     big = tmp_path / "big.pin"
     big.write_text("1" * 1000)
     big.chmod(0o600)
     with pytest.raises(KeyFileError, match="larger than"):
-        datadir.init(tmp_path / "c", "pkcs11", pkcs11=token.options(pin_file=big))
+        datadir.init(tmp_path / "c", "pkcs11", pkcs11=options(token, pin_file=big))
 
 
 def test_missing_module_token_and_key(token: SoftToken, tmp_path: Path) -> None:
     with pytest.raises(KeyServiceError, match="does not exist"):
-        datadir.init(tmp_path / "a", "pkcs11", pkcs11=token.options(module=str(tmp_path / "nope.so")))
+        datadir.init(tmp_path / "a", "pkcs11", pkcs11=options(token, module=str(tmp_path / "nope.so")))
     not_a_library = tmp_path / "fake.so"
     not_a_library.write_bytes(b"\x7fELF not really")
     with pytest.raises(KeyServiceError, match="cannot load PKCS#11 module"):
-        datadir.init(tmp_path / "b", "pkcs11", pkcs11=token.options(module=str(not_a_library)))
+        datadir.init(tmp_path / "b", "pkcs11", pkcs11=options(token, module=str(not_a_library)))
     with pytest.raises(KeyServiceError, match="no PKCS#11 token labelled 'absent'"):
-        datadir.init(tmp_path / "c", "pkcs11", pkcs11=token.options(token="absent"))
+        datadir.init(tmp_path / "c", "pkcs11", pkcs11=options(token, token="absent"))
     with pytest.raises(UsageError):
-        datadir.init(tmp_path / "d", "pkcs11", pkcs11=token.options(key_label=""))
+        datadir.init(tmp_path / "d", "pkcs11", pkcs11=options(token, key_label=""))
 
     data = tmp_path / "e"
-    datadir.init(data, "pkcs11", pkcs11=token.options(key_label="vault-gone"))
+    datadir.init(data, "pkcs11", pkcs11=options(token, key_label="vault-gone"))
     with pytest.raises(KeyServiceError, match="already holds a key labelled 'vault-gone'"):
-        datadir.init(tmp_path / "f", "pkcs11", pkcs11=token.options(key_label="vault-gone"))
+        datadir.init(tmp_path / "f", "pkcs11", pkcs11=options(token, key_label="vault-gone"))
     with load_module(token.module).get_token(token_label=token.label).open(rw=True, user_pin=PIN) as session:
         session.get_key(label="vault-gone").destroy()
     with pytest.raises(KeyServiceError, match="holds no key labelled 'vault-gone'"):
@@ -228,8 +197,8 @@ def test_missing_module_token_and_key(token: SoftToken, tmp_path: Path) -> None:
 
 def test_tampered_or_foreign_config_fails_closed(token: SoftToken, tmp_path: Path) -> None:
     first, second = tmp_path / "one", tmp_path / "two"
-    datadir.init(first, "pkcs11", pkcs11=token.options(key_label="vault-one"))
-    datadir.init(second, "pkcs11", pkcs11=token.options(key_label="vault-two"))
+    datadir.init(first, "pkcs11", pkcs11=options(token, key_label="vault-one"))
+    datadir.init(second, "pkcs11", pkcs11=options(token, key_label="vault-two"))
     config = json.loads((first / "vault.json").read_text())
 
     flipped = dict(config["pkcs11"])

@@ -13,14 +13,11 @@ from typing import Any
 import httpx
 import pytest
 
-import modelseal
 from modelseal.vault import datadir
 from modelseal.vault.app import create_app
-from modelseal.vault.devices import DeviceStore
-from modelseal.vault.recipient import VaultRecipient
 from modelseal.vault.store import Store
 
-from .release_helpers import Sealed, build_request, encodings, open_answer
+from .release_helpers import build_request, encodings, local_vault, open_answer
 
 
 def post(app: Any, body: dict[str, Any]) -> httpx.Response:
@@ -33,17 +30,9 @@ def post(app: Any, body: dict[str, Any]) -> httpx.Response:
 
 
 def test_failing_audit_write_releases_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    datadir.init(tmp_path / "v")
-    store = datadir.DataDir(tmp_path / "v").open_store()
+    local = local_vault(tmp_path)
+    store, admin, devices, sealed = local.store, local.admin, local.devices, local.sealed
     try:
-        admin = store.authenticate((tmp_path / "v" / datadir.TOKEN_FILE).read_text().strip())
-        devices = DeviceStore(store)
-        store.create_key(admin, "k")
-        key = store.datakey(admin, "k", plaintext=True)
-        recipient = VaultRecipient("k", key.key_version, key.wrapped, key.plaintext)
-        (tmp_path / "m.bin").write_bytes(b"weights")
-        modelseal.seal(tmp_path / "m.bin", tmp_path / "m.mseal", [recipient], mek=recipient.data_key)
-        sealed = Sealed(tmp_path / "m.mseal", b"weights", "k", recipient)
         _, psk = devices.create_device(admin, "cam", [])
         devices.put_policy(admin, "p", "k", ["cam"], [])
         devices.create_licence(admin, "l", "p", not_after=None, max_uses=5, max_devices=None)
@@ -60,7 +49,7 @@ def test_failing_audit_write_releases_nothing(tmp_path: Path, monkeypatch: pytes
         monkeypatch.setattr(store, "_audit", failing_audit)
         answer = post(app, request.body)
         assert answer.status_code == 503 and answer.json()["error"]["code"] == "release_failed"
-        assert not any(form in answer.content for form in encodings(key.plaintext))
+        assert not any(form in answer.content for form in encodings(local.data_key))
         assert "sealed" not in answer.json()
         monkeypatch.setattr(store, "_audit", real_audit)
 
@@ -68,7 +57,7 @@ def test_failing_audit_write_releases_nothing(tmp_path: Path, monkeypatch: pytes
         # ...and so did the nonce: the very same request now succeeds, once.
         answer = post(app, request.body)
         assert answer.status_code == 200
-        assert open_answer(request, "cam", sealed, answer.json()) == key.plaintext
+        assert open_answer(request, "cam", sealed, answer.json()) == local.data_key
         assert post(app, request.body).status_code == 403
         assert devices.read_licence(admin, "l")["uses"] == 1
         released = [
@@ -77,7 +66,7 @@ def test_failing_audit_write_releases_nothing(tmp_path: Path, monkeypatch: pytes
             if r["event"]["op"] == "key.release" and r["event"]["outcome"] == "released"
         ]
         assert len(released) == 1
-        assert base64.b64encode(key.plaintext).decode() not in repr(released)
+        assert base64.b64encode(local.data_key).decode() not in repr(released)
     finally:
         store.engine.dispose()
 

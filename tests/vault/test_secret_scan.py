@@ -3,12 +3,13 @@ anywhere in storage or logs.
 
 Searched: the SQLite database with its -wal and -shm files, the server log and every audit
 record, for each secret raw, in hex (both cases) and in base64 (standard and URL-safe, with and
-without padding).
+without padding). The server log must also be JSON lines with only the request log's fields.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import sqlite3
 from pathlib import Path
 
@@ -92,6 +93,7 @@ def test_no_secret_in_storage_logs_or_audit(vault: VaultServer, key_name: str, t
     places = {p.name: p.read_bytes() for p in vault.data.glob("vault.db*")}
     assert "vault.db-wal" in places  # the server is live: the WAL holds the recent writes
     places["server log"] = vault.log.read_bytes()
+    assert_json_log(vault.log, {"/v1/release", "/v1/keys/{name}/datakey", "/v1/tokens"})
     places["audit records"] = audit_text
     hits = [
         f"{what} in {where}"
@@ -101,6 +103,23 @@ def test_no_secret_in_storage_logs_or_audit(vault: VaultServer, key_name: str, t
         if form in content
     ]
     assert hits == []
+
+
+REQUEST_FIELDS = {"ts", "level", "event", "method", "route", "status", "ms", "domain", "actor"}
+
+
+def assert_json_log(log: Path, routes: set[str]) -> None:
+    """`vault serve` writes one JSON object per line (uvicorn's text and access log replaced), and a
+    request line holds only the named fields: no header, body or raw path can slip in."""
+    records = []
+    for number, line in enumerate(log.read_text().splitlines(), 1):
+        record = json.loads(line)
+        assert isinstance(record, dict) and {"ts", "level", "event"} <= set(record), f"line {number}"
+        records.append(record)
+    requests = [r for r in records if r["event"] == "request"]
+    assert routes <= {r["route"] for r in requests}
+    assert all(set(r) <= REQUEST_FIELDS for r in requests)
+    assert any("actor" in r and r["route"] == "/v1/tokens" for r in requests)
 
 
 def test_scan_would_find_a_leak(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""`modelseal device serve|attest|verify|load|run|reset|measure`: the qaic attestation flow.
+"""`modelseal device serve|keygen|attest|verify|load|run|reset|measure`: the qaic attestation flow.
 
 Argparse wiring only, over modelseal.device, which is imported when a command runs so that the
 rest of the CLI works without the `device` extra. `attest` takes the seed's
@@ -10,10 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import modelseal
-from modelseal.errors import UsageError
+from modelseal.errors import OutputError, UsageError
 
 from .main import AddParser, CliError, add_command
 
@@ -41,10 +44,48 @@ def _write(path: str, data: bytes) -> None:
     atomic_write_bytes(path, data, 0o644)
 
 
+_TOKEN_FLAGS = (
+    ("--pkcs11-module", "pkcs11_module"),
+    ("--pkcs11-token", "pkcs11_token"),
+    ("--pin-file", "pin_file"),
+    ("--key-label", "key_label"),
+)
+
+
+@contextmanager
+def _identity_key(args: argparse.Namespace) -> Iterator[Any]:
+    """The card's identity key: a key file, or a key kept in a PKCS#11 token (its session open meanwhile)."""
+    given = [flag for flag, dest in _TOKEN_FLAGS if getattr(args, dest) is not None]
+    if args.identity_key is not None:
+        if given:
+            raise CliError(
+                f"--identity-key and {', '.join(given)} exclude each other: "
+                "the identity key comes from a file or from a PKCS#11 token"
+            )
+        yield modelseal.load_signer(args.identity_key)
+        return
+    if not given:
+        raise CliError(
+            "give the card's identity key: --identity-key DEV.key, or --pkcs11-module, "
+            "--pkcs11-token, --pin-file and --key-label"
+        )
+    missing = [flag for flag, dest in _TOKEN_FLAGS if getattr(args, dest) is None]
+    if missing:
+        raise CliError(f"an identity key in a PKCS#11 token also needs {', '.join(missing)}")
+    from modelseal.device.pkcs11_identity import TokenIdentityKey
+
+    with TokenIdentityKey.open(args.pkcs11_module, args.pkcs11_token, args.pin_file, args.key_label) as key:
+        yield key
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
+    with _identity_key(args) as key:
+        _serve(args, key)
+
+
+def _serve(args: argparse.Namespace, key: Any) -> None:
     from modelseal import device
 
-    key = modelseal.load_signer(args.identity_key)
     measurement = device.parse_measurement(args.measurement) if args.measurement else None
     signer = modelseal.load_signer_public(args.signer) if args.signer else None
 
@@ -68,6 +109,27 @@ def cmd_serve(args: argparse.Namespace) -> None:
         notice=_notice,
     )
     _notice(f"device {args.device_id} stopped; its session key is gone")
+
+
+def cmd_keygen(args: argparse.Namespace) -> None:
+    from modelseal.device.pkcs11_identity import generate_token_key
+    from modelseal.fileio import atomic_output
+
+    out = Path(args.pub_out)
+    if out.exists():  # checked before the token is touched; the write below refuses again
+        raise OutputError(f"{out} already exists; refusing to overwrite it")
+    where = f"PKCS#11 token {args.pkcs11_token!r}, key {args.key_label!r}"
+
+    def publish(key: Any) -> None:
+        text = modelseal.ed25519_public_string(key)
+        with atomic_output(out, 0o644, overwrite=False) as f:
+            f.write(f"# modelseal device identity public key ({where})\n{text}\n".encode())
+
+    key = generate_token_key(
+        args.pkcs11_module, args.pkcs11_token, args.pin_file, args.key_label, publish=publish
+    )
+    print(modelseal.ed25519_public_string(key))
+    _notice(f"generated an Ed25519 identity key in {where} (sensitive, never extractable); wrote {out}")
 
 
 def cmd_attest(args: argparse.Namespace) -> None:
@@ -195,6 +257,14 @@ def _card_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=300.0, metavar="S", help="seconds per call (default 300)")
 
 
+def _token_args(p: argparse.ArgumentParser, *, required: bool, title: str) -> None:
+    g = p.add_argument_group(title, "the PIN is read from the first line of a file (chmod 600), never argv")
+    g.add_argument("--pkcs11-module", required=required, metavar="SO", help="the token's PKCS#11 library")
+    g.add_argument("--pkcs11-token", required=required, metavar="LABEL", help="the token's label")
+    g.add_argument("--pin-file", required=required, metavar="F", help="file holding the user PIN")
+    g.add_argument("--key-label", required=required, metavar="L", help="label of the Ed25519 key pair")
+
+
 def _vault_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "attested key release",
@@ -229,12 +299,23 @@ def add_commands(add: AddParser) -> None:
     p.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}; 0 picks a free one"
     )
-    p.add_argument(
-        "--identity-key", required=True, metavar="DEV.key", help="Ed25519 identity key (`modelseal signer`)"
-    )
+    p.add_argument("--identity-key", metavar="DEV.key", help="Ed25519 identity key file (`modelseal signer`)")
     p.add_argument("--measurement", metavar="HEX", help="report this value instead of measuring the code")
     p.add_argument("--signer", metavar="PUB", help="load only models signed by this owner")
+    _token_args(p, required=False, title="or an identity key kept in a PKCS#11 token (`device keygen`)")
     p.set_defaults(func=cmd_serve)
+
+    p = add_sub(
+        "keygen",
+        "generate a card identity key inside a PKCS#11 token (never extractable); write its public key",
+        "modelseal device keygen --pkcs11-module /usr/lib/softhsm/libsofthsm2.so --pkcs11-token card0 "
+        "--pin-file card0.pin --key-label dev0 --pub-out dev0.pub",
+    )
+    _token_args(p, required=True, title="the token")
+    p.add_argument(
+        "--pub-out", required=True, metavar="DEV.pub", help="where to write the public key (--device-pub)"
+    )
+    p.set_defaults(func=cmd_keygen)
 
     p = add_sub(
         "attest",

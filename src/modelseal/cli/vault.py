@@ -146,8 +146,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from modelseal.vault import datadir
 
     host, port = _listen(args.listen)
-    if args.insecure_http:
-        print("modelseal: WARNING: serving plain HTTP (--insecure-http): for tests only", file=sys.stderr)
+    # The --insecure-http warning is a JSON log line of serve's, like everything it writes.
     datadir.serve(
         args.data,
         host,
@@ -156,7 +155,27 @@ def cmd_serve(args: argparse.Namespace) -> None:
         insecure_http=args.insecure_http,
         models_dir=args.models_dir,
         max_model_size=args.max_model_size,
+        release_settings=_release_settings(args),
+        allow_export=args.allow_export,
+        metrics_public=args.metrics_public,
+        client_ca=args.client_ca,
+        client_cert_required=args.client_cert_required,
     )
+
+
+def _release_settings(args: argparse.Namespace) -> Any:
+    """serve's key-release capacity flags (overload.ReleaseSettings); bad values are usage errors."""
+    from modelseal.vault.overload import ReleaseSettings
+
+    try:
+        return ReleaseSettings(
+            max_inflight=args.max_inflight,
+            max_commit_queue=args.max_commit_queue,
+            group_commit=not args.no_group_commit,
+            commit_window=args.commit_window / 1000,
+        )
+    except ValueError as e:
+        raise CliError(str(e)) from None
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -275,6 +294,43 @@ def cmd_token_create(args: argparse.Namespace) -> None:
         print(token)
     if args.json:
         _print(answer)
+
+
+def cmd_token_list(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        _print({"tokens": client.list_tokens()})
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> None:
+    if args.accessor.startswith("msv."):
+        # Someone pasted the token itself: refuse before it travels anywhere (and don't echo it).
+        raise CliError("that is a token, not its accessor: `modelseal vault token list` shows accessors")
+    with _client(args) as client:
+        _print(client.revoke_token(args.accessor))
+
+
+def cmd_key_export(args: argparse.Namespace) -> None:
+    from modelseal.fileio import atomic_output
+    from modelseal.keyfiles import parse_recipient, x25519_recipient_string
+    from modelseal.vault.export import guard_fingerprint, parse_bundle
+
+    guard = parse_recipient(args.guard_pub)  # the text form, or a file holding it (or PEM)
+    if not args.force and Path(args.output).exists():
+        # Checked before asking: an export is an audited event, not to be made for nothing.
+        raise modelseal.OutputError(f"{args.output} exists (give --force to replace it)")
+    with _client(args) as client:
+        bundle = client.export_key(args.name, x25519_recipient_string(guard))
+    data = (json.dumps(bundle, indent=2, sort_keys=True) + "\n").encode()
+    header, _ = parse_bundle(data)  # a malformed answer is an error here, not a file to find later
+    if header["guard"] != guard_fingerprint(guard.public_key) or header["key_name"] != args.name:
+        raise modelseal.IntegrityError("the vault's export bundle names another guard or key")
+    with atomic_output(args.output, 0o600, overwrite=args.force) as f:
+        f.write(data)
+    print(
+        f"wrote key {args.name!r} versions {header['versions']} sealed to guard {header['guard']} "
+        f"to {args.output}",
+        file=sys.stderr,
+    )
 
 
 def _write_psk(psk: bytes, target: str, device: str = "", domain: str = "") -> None:
@@ -532,6 +588,56 @@ def add_commands(add: AddParser) -> None:
         metavar="SIZE",
         help="largest model upload accepted, bytes or with K/M/G/T (default 64G)",
     )
+    # Key-release capacity (overload.py, group_commit.py); defaults are overload.DEFAULT_*.
+    p.add_argument(
+        "--max-inflight",
+        type=int,
+        default=256,
+        metavar="N",
+        help="key releases in flight at once; past it 429 + Retry-After at once (default 256)",
+    )
+    p.add_argument(
+        "--max-commit-queue",
+        type=int,
+        default=128,
+        metavar="N",
+        help="releases waiting for the group commit (the storage is behind); past it 503 + Retry-After "
+        "(default 128)",
+    )
+    p.add_argument(
+        "--commit-window",
+        type=float,
+        default=1.0,
+        metavar="MS",
+        help="milliseconds the release writer waits for more releases to commit together, 0-100 "
+        "(default 1; 0: whatever queued while the previous commit ran)",
+    )
+    p.add_argument(
+        "--no-group-commit",
+        action="store_true",
+        help="commit each key release in its own transaction (slower; for comparison)",
+    )
+    # Service features (issue 4): export, metrics, client certificates.
+    p.add_argument(
+        "--allow-export",
+        action="store_true",
+        help="allow admins to export master keys HPKE-sealed to a guard key (off by default; audited)",
+    )
+    p.add_argument(
+        "--metrics-public",
+        action="store_true",
+        help="serve /v1/sys/metrics without a token (default: admin or auditor token)",
+    )
+    p.add_argument(
+        "--client-ca",
+        metavar="CA.pem",
+        help="ask clients for a certificate signed by this CA; a presented one must verify",
+    )
+    p.add_argument(
+        "--client-cert-required",
+        action="store_true",
+        help="with --client-ca: refuse TLS connections without a valid client certificate",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = api(
@@ -593,6 +699,24 @@ def add_commands(add: AddParser) -> None:
     state.add_argument("--disable", dest="disabled", action="store_const", const=True, default=None)
     state.add_argument("--enable", dest="disabled", action="store_const", const=False)
     p.set_defaults(func=cmd_key_config)
+    p = api(
+        leaf(
+            keys,
+            "export",
+            "export every version of a key HPKE-sealed to a guard key (admin; needs serve --allow-export)",
+            "modelseal vault key export models-2026 --guard-pub guard.pub -o models-2026.export",
+        )
+    )
+    p.add_argument("name")
+    p.add_argument(
+        "--guard-pub",
+        required=True,
+        metavar="G.pub",
+        help="the guard's ms-x25519: recipient (as `modelseal identity` prints), or a file holding it",
+    )
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="bundle file to write (0600)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=cmd_key_export)
 
     p = api(
         leaf(
@@ -623,6 +747,25 @@ def add_commands(add: AddParser) -> None:
     p.add_argument("-o", "--output", metavar="FILE", help="write the token to FILE (0600) instead of stdout")
     p.add_argument("--json", action="store_true", help="also print accessor, role and domain as JSON")
     p.set_defaults(func=cmd_token_create)
+    p = api(
+        leaf(
+            tokens,
+            "list",
+            "list your domain's tokens (admin, auditor): accessor, role, name, created, last used",
+            "modelseal vault token list",
+        )
+    )
+    p.set_defaults(func=cmd_token_list)
+    p = api(
+        leaf(
+            tokens,
+            "revoke",
+            "revoke a token by its accessor (admin); refused from the commit on",
+            "modelseal vault token revoke 3f2a9c0d1e8b7a64",
+        )
+    )
+    p.add_argument("accessor", metavar="ACCESSOR", help="16 hex digits, from `token list` (not the token)")
+    p.set_defaults(func=cmd_token_revoke)
 
     device = leaf(
         groups,

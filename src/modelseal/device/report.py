@@ -20,10 +20,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from google.protobuf.message import DecodeError
 
@@ -39,6 +39,17 @@ DEFAULT_MAX_AGE = 300.0
 # A card's clock may run a little ahead of the verifier's; more than this is not a clock error.
 MAX_CLOCK_SKEW = 60.0
 MAX_REPORT_SIZE = 4096
+
+
+class IdentityKey(Protocol):
+    """What signs a card's reports: an Ed25519PrivateKey, or a key kept in a PKCS#11 token.
+
+    ``sign`` must return a pure Ed25519 signature (RFC 8032), which :func:`verify_report` checks.
+    """
+
+    def sign(self, data: bytes) -> bytes: ...
+
+    def public_key(self) -> Ed25519PublicKey: ...
 
 
 def request_digest(request: bytes) -> bytes:
@@ -69,7 +80,7 @@ class Report:
             )
         )
 
-    def signed_by(self, key: Ed25519PrivateKey) -> Report:
+    def signed_by(self, key: IdentityKey) -> Report:
         return Report(
             self.device_id,
             self.session_public_key,

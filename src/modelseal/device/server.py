@@ -1,7 +1,8 @@
 """The emulated accelerator card: a gRPC server that attests, loads sealed models and runs them.
 
 Trust model (the qaic design): the host that talks to the card is untrusted; only the card ever
-holds a file key or plaintext. The card's Ed25519 identity key signs its reports. Its X25519
+holds a file key or plaintext. The card's Ed25519 identity key signs its reports: a key in memory,
+or one kept in a PKCS#11 token (``pkcs11_identity.TokenIdentityKey``) that never leaves it. Its X25519
 session key is made at start and on every Reset, exists only in this process's memory and is never
 exported: a model wrapped to an older session cannot be opened after a reset. Streamed ciphertext
 is spooled into an anonymous memfd (nothing is written to disk) and opened with modelseal's
@@ -29,7 +30,7 @@ from types import FrameType, TracebackType
 from typing import Any, NoReturn
 
 import grpc
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..errors import FormatError, IntegrityError, ModelSealError, NoMatchingIdentityError, UsageError
 from ..format.header import Stanza
@@ -40,7 +41,7 @@ from . import attestation_pb2 as pb
 from . import tensors
 from .errors import DeviceError
 from .measurement import software_measurement
-from .report import Report, request_digest
+from .report import IdentityKey, Report, request_digest
 
 DEFAULT_PORT = 62473
 SERVICE = pb.DESCRIPTOR.services_by_name["Device"].full_name
@@ -138,7 +139,7 @@ class DeviceService:
     def __init__(
         self,
         device_id: int,
-        identity_key: Ed25519PrivateKey,
+        identity_key: IdentityKey,
         *,
         measurement: bytes | None = None,
         signer: Ed25519PublicKey | None = None,
@@ -347,7 +348,7 @@ class DeviceServer:
     def __init__(
         self,
         device_id: int,
-        identity_key: Ed25519PrivateKey,
+        identity_key: IdentityKey,
         *,
         host: str = "127.0.0.1",
         port: int = DEFAULT_PORT,
@@ -404,7 +405,7 @@ class DeviceServer:
 
 def serve(
     device_id: int,
-    identity_key: Ed25519PrivateKey,
+    identity_key: IdentityKey,
     *,
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORT,

@@ -221,7 +221,7 @@ def check_metadata(data: bytes) -> None:
     """Public metadata is a UTF-8 JSON object; anything else is a malformed header."""
     try:
         doc = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: '[' * 100_000
         raise FormatError("malformed header: metadata is not UTF-8 JSON") from None
     if not isinstance(doc, dict):
         raise FormatError("malformed header: metadata is not a JSON object")

@@ -109,7 +109,7 @@ def decode(data: bytes, payload_length: int) -> Manifest:
             if type(executable) is not int or executable not in (0, 1):
                 raise ValueError
             entries.append(ManifestEntry(name, offset, size, executable == 1))
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
         raise FormatError("malformed manifest") from None
     check_entries(entries, payload_length)
     return Manifest(entries, kind == "folder")

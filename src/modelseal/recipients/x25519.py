@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from ..errors import FormatError, UsageError
+from ..errors import FormatError, KeyFileError, UsageError
 from ..format.header import Stanza
 from ..format.keys import FILE_KEY_SIZES
 
@@ -47,6 +47,17 @@ def slot_of(stanza: Stanza) -> str | None:
     return stanza.args[1].decode("utf-8", "replace")
 
 
+def check_not_low_order(key: X25519PublicKey) -> None:
+    """A low-order point makes every shared secret zero, so anyone could unwrap: refuse it up front.
+
+    Clamped scalars are multiples of 8, so one exchange with any private key shows it (RFC 7748 §6.1).
+    """
+    try:
+        X25519PrivateKey.generate().exchange(key)
+    except ValueError:
+        raise KeyFileError("not a usable X25519 recipient: a low-order public key") from None
+
+
 def fingerprint(public_key: bytes) -> bytes:
     return sha256(b"modelseal/v1 x25519 fingerprint" + public_key).digest()[:8]
 
@@ -64,6 +75,7 @@ class X25519Recipient:
     def __post_init__(self) -> None:
         if self.slot is not None:
             check_slot(self.slot)
+        check_not_low_order(self.public_key)
 
     @property
     def fingerprint(self) -> bytes:

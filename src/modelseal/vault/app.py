@@ -18,13 +18,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import text
-from starlette.concurrency import run_in_threadpool
 
-from . import protocol, wrapping
+from ..agent.logs import JsonLog
+from . import metrics, protocol, wrapping
 from .bodies import read_bounded
 from .devices import DeviceStore, ReleaseDenied, ReleaseRequest
 from .errors import KeyServiceError, PermissionDenied, Unavailable
+from .group_commit import CommitQueueFull
+from .overload import ReleaseGate, ReleaseSettings, queue_full_response
 from .store import DEFAULT_DOMAIN, Principal, Store
+from .tokens import TokenStore
 
 API_PREFIX = "/v1"
 # Who may do what, per domain. Unwrap is admin/operator only: devices get keys through /v1/release.
@@ -141,7 +144,16 @@ def parse_release(data: bytes) -> ReleaseRequest:
     )
 
 
-def create_app(store: Store, *, models_dir: str | None = None, max_model_size: int | None = None) -> FastAPI:
+def create_app(
+    store: Store,
+    *,
+    models_dir: str | None = None,
+    max_model_size: int | None = None,
+    release_settings: ReleaseSettings | None = None,
+    allow_export: bool = False,
+    metrics_public: bool = False,
+    log: JsonLog | None = None,
+) -> FastAPI:
     app = FastAPI(
         title="modelseal vault",
         version="1",
@@ -160,11 +172,16 @@ def create_app(store: Store, *, models_dir: str | None = None, max_model_size: i
         fields = sorted({".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()})
         return _error(400, "invalid_request", f"invalid request field(s): {', '.join(fields)}")
 
-    def caller(authorization: Annotated[str | None, Header()] = None) -> Principal:
+    tokens = TokenStore(store)
+
+    def caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
         if store.barrier.sealed:
             raise Unavailable("the vault is sealed", code="sealed")
         scheme, _, token = (authorization or "").partition(" ")
-        return store.authenticate(token.strip() if scheme.lower() == "bearer" else None)
+        who = store.authenticate(token.strip() if scheme.lower() == "bearer" else None)
+        request.scope[metrics.PRINCIPAL] = who  # the request log names the domain and accessor
+        tokens.touch(who)
+        return who
 
     Caller = Annotated[Principal, Depends(caller)]
 
@@ -267,6 +284,10 @@ def create_app(store: Store, *, models_dir: str | None = None, max_model_size: i
         return {"token": token, "accessor": accessor, "role": body.role, "domain": who.domain}
 
     devices = DeviceStore(store)
+    # Key releases: in-flight limit (429), group commit and its queue limit (503); see overload.py.
+    # `vault serve` closes it after the server stops (app.state.release_gate).
+    gate = ReleaseGate(devices, release_settings)
+    app.state.release_gate = gate
 
     @app.post(f"{API_PREFIX}/devices/{{name}}")
     def create_device(
@@ -348,9 +369,11 @@ def create_app(store: Store, *, models_dir: str | None = None, max_model_size: i
         except _BadRelease as e:
             return _error(400, "invalid_request", f"invalid request field: {e}")
         try:
-            sealed = await run_in_threadpool(devices.release, req)
+            sealed = await gate.release(*devices.release_steps(req))
         except ReleaseDenied:
             return Response(DENIED_BODY, 403, headers=NO_STORE, media_type="application/json")
+        except CommitQueueFull as e:
+            return queue_full_response(e)
         except Unavailable as e:
             return _error(503, e.code, e.message)
         except Exception:
@@ -365,13 +388,13 @@ def create_app(store: Store, *, models_dir: str | None = None, max_model_size: i
         }
         return Response(json.dumps(answer), 200, headers=NO_STORE, media_type="application/json")
 
-    app.add_route(f"{API_PREFIX}/release", release, methods=["POST"], include_in_schema=False)
+    app.add_route(f"{API_PREFIX}/release", gate.guard(release), methods=["POST"], include_in_schema=False)
 
     # Imported here: attestation.py reuses this module's release parsing, so a top-level import
     # would be circular.
     from .attestation import add_routes as add_attestation_routes
 
-    add_attestation_routes(app, devices, caller, allow)
+    add_attestation_routes(app, devices, caller, allow, gate=gate)
 
     @app.get(f"{API_PREFIX}/audit")
     def audit(
@@ -395,5 +418,14 @@ def create_app(store: Store, *, models_dir: str | None = None, max_model_size: i
         models_dir=models_dir,
         max_size=max_model_size or models.DEFAULT_MAX_MODEL_SIZE,
     )
+
+    # --- tokens (list, revoke), master-key export, metrics + request log: their own modules ---
+    from . import export_api
+    from . import tokens as token_routes
+
+    token_routes.add_routes(app, tokens, caller, allow)
+    export_api.add_routes(app, store, caller, allow, enabled=allow_export)
+    # Last: its middleware is then the outermost, so it also counts what the guards refuse.
+    metrics.install(app, store, public=metrics_public, log=log, on_auth=tokens.touch)
 
     return app

@@ -58,6 +58,8 @@ from .devices import (
     ReleaseDenied,
 )
 from .errors import KeyServiceError, Unavailable
+from .group_commit import CommitQueueFull
+from .overload import ReleaseGate, ReleaseSettings, queue_full_response
 from .store import DEFAULT_DOMAIN, Principal, Store
 
 ENV_MAX_REPORT_AGE = "MODELSEAL_VAULT_ATTEST_MAX_AGE"
@@ -230,9 +232,13 @@ class Attestation:
 
     def release(self, req: AttestedRelease) -> bytes:
         """The file key HPKE-sealed to the report's session key, or ReleaseDenied (reason audited)."""
-        return self.devices.commit_release(
-            lambda session, at: self._decide(session, req, at), lambda: self._record_conflict(req)
-        )
+        return self.devices.commit_release(*self.release_steps(req))
+
+    def release_steps(
+        self, req: AttestedRelease
+    ) -> tuple[Callable[[Session, float], Decision], Callable[[], None]]:
+        """(decide, on_conflict) of one attested release: alone or in a group (group_commit.py)."""
+        return lambda session, at: self._decide(session, req, at), lambda: self._record_conflict(req)
 
     def _record_conflict(self, req: AttestedRelease) -> None:
         try:
@@ -395,10 +401,15 @@ def add_routes(
     devices: DeviceStore,
     caller: Callable[..., Principal],
     allow: Callable[[Principal, tuple[str, ...], str, str], None],
+    gate: ReleaseGate | None = None,
 ) -> Attestation:
-    """Register enrolment (FastAPI, token) and challenge + release (plain Starlette, no token)."""
+    """Register enrolment (FastAPI, token) and challenge + release (plain Starlette, no token).
+
+    ``gate`` (overload.py) is the PSK release's: one in-flight limit and one group committer.
+    """
     store = devices.store
     service = Attestation(devices, max_report_age=max_report_age_from_env())
+    gate = gate or ReleaseGate(devices, ReleaseSettings(group_commit=False))
 
     @app.post("/v1/devices/{name}/identity")
     def enroll(who: Annotated[Principal, Depends(caller)], name: str, body: EnrollIdentity) -> dict[str, Any]:
@@ -435,9 +446,11 @@ def add_routes(
         except _BadRelease as e:
             return _error(400, "invalid_request", f"invalid request field: {e}")
         try:
-            sealed = await run_in_threadpool(service.release, req)
+            sealed = await gate.release(*service.release_steps(req))
         except ReleaseDenied:
             return Response(DENIED_BODY, 403, headers=NO_STORE, media_type="application/json")
+        except CommitQueueFull as e:
+            return queue_full_response(e)
         except Unavailable as e:
             return _error(503, e.code, e.message)
         except Exception:
@@ -454,5 +467,5 @@ def add_routes(
         )
 
     app.add_route("/v1/attest/challenge", challenge, methods=["POST"], include_in_schema=False)
-    app.add_route("/v1/attest/release", release, methods=["POST"], include_in_schema=False)
+    app.add_route("/v1/attest/release", gate.guard(release), methods=["POST"], include_in_schema=False)
     return service

@@ -27,6 +27,9 @@ from .errors import KeyServiceError, NotFound, PermissionDenied, Unavailable
 ENV_ADDR = "MODELSEAL_VAULT_ADDR"
 ENV_TOKEN_FILE = "MODELSEAL_VAULT_TOKEN_FILE"  # noqa: S105 - a name, not a secret
 ENV_CA = "MODELSEAL_VAULT_CA"
+# A client certificate for a vault that asks for one (`vault serve --client-ca`): PEM files.
+ENV_CLIENT_CERT = "MODELSEAL_VAULT_CLIENT_CERT"
+ENV_CLIENT_KEY = "MODELSEAL_VAULT_CLIENT_KEY"
 # `unix:/run/modelseal/agent.sock`: the edge agent on a unix socket instead of an https URL.
 UNIX_PREFIX = "unix:"
 
@@ -78,6 +81,7 @@ class VaultClient:
         *,
         ca: str | os.PathLike[str] | None = None,
         timeout: float = 30.0,
+        client_cert: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         verify: ssl.SSLContext | bool = True
@@ -85,6 +89,14 @@ class VaultClient:
             if not Path(ca).is_file():
                 raise KeyFileError(f"vault CA file {ca} does not exist")
             verify = ssl.create_default_context(cafile=str(ca))
+        if client_cert is not None:
+            # For a vault served with --client-ca: (certificate PEM, key PEM) presented in the handshake.
+            context = verify if isinstance(verify, ssl.SSLContext) else ssl.create_default_context()
+            try:
+                context.load_cert_chain(str(client_cert[0]), str(client_cert[1]))
+            except (ssl.SSLError, OSError):
+                raise KeyFileError(f"cannot load the vault client certificate {client_cert[0]}") from None
+            verify = context
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         base_url, transport = self.url, None
         if self.url.startswith(UNIX_PREFIX):
@@ -102,7 +114,7 @@ class VaultClient:
     def from_settings(
         cls, url: str | None, token_file: str | None, ca: str | None, *, token_required: bool = True
     ) -> VaultClient:
-        """Flags first, then MODELSEAL_VAULT_ADDR / _TOKEN_FILE / _CA."""
+        """Flags first, then MODELSEAL_VAULT_ADDR / _TOKEN_FILE / _CA (/ _CLIENT_CERT + _CLIENT_KEY)."""
         url = url or os.environ.get(ENV_ADDR)
         token_file = token_file or os.environ.get(ENV_TOKEN_FILE)
         ca = ca or os.environ.get(ENV_CA)
@@ -110,7 +122,15 @@ class VaultClient:
             raise UsageError(f"no vault address: give --vault URL or set {ENV_ADDR}")
         if token_required and not token_file:
             raise UsageError(f"no vault token: give --token-file F or set {ENV_TOKEN_FILE}")
-        return cls(url, read_token_file(token_file) if token_file else None, ca=ca)
+        cert, key = os.environ.get(ENV_CLIENT_CERT), os.environ.get(ENV_CLIENT_KEY)
+        if bool(cert) != bool(key):
+            raise UsageError(f"set both {ENV_CLIENT_CERT} and {ENV_CLIENT_KEY}, or neither")
+        return cls(
+            url,
+            read_token_file(token_file) if token_file else None,
+            ca=ca,
+            client_cert=(cert, key) if cert and key else None,
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -293,6 +313,18 @@ class VaultClient:
 
     def create_token(self, role: str, name: str = "") -> dict[str, Any]:
         return self._call("POST", "/tokens", json={"role": role, "name": name})
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        """Metadata of the domain's tokens (accessor, role, name, created, last_used, revoked)."""
+        return [dict(t) for t in self._call("GET", "/tokens")["tokens"]]
+
+    def revoke_token(self, accessor: str) -> dict[str, Any]:
+        return self._call("POST", "/tokens/" + quote(accessor, safe="") + "/revoke")
+
+    def export_key(self, name: str, guard_public: str) -> dict[str, Any]:
+        """Every version of a master key HPKE-sealed to ``guard_public`` (an ms-x25519: string);
+        open it with modelseal.vault.export.open_bundle and the guard's identity."""
+        return self._call("POST", self._key(name) + "/export", json={"guard_public": guard_public})
 
     def audit(self, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         records = self._call("GET", "/audit", params={"after": after, "limit": limit})["records"]

@@ -15,14 +15,19 @@ from __future__ import annotations
 import json
 import os
 import re
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..errors import OutputError, UsageError
+from ..errors import KeyFileError, OutputError, UsageError
 from . import pkcs11_root, shamir_root, tls
 from .barrier import ROOT_KEY_SIZE, Barrier, KeyFileBarrier, RootBarrier, create_root_key
 from .errors import KeyServiceError
 from .store import Store, make_engine, sqlite_url, upgrade_schema
+
+if TYPE_CHECKING:
+    from .overload import ReleaseSettings
 
 ROOT_TYPES = ("key-file", "shamir", "pkcs11")
 CONFIG_FILE = "vault.json"
@@ -200,16 +205,76 @@ def serve(
     insecure_http: bool = False,
     models_dir: str | os.PathLike[str] | None = None,
     max_model_size: int | None = None,
+    release_settings: ReleaseSettings | None = None,
+    allow_export: bool = False,
+    metrics_public: bool = False,
+    client_ca: str | os.PathLike[str] | None = None,
+    client_cert_required: bool = False,
 ) -> None:
     import uvicorn
 
+    from ..agent.logs import JsonLog
+    from . import metrics
     from .app import create_app
 
+    cert_reqs = _client_cert_reqs(client_ca, client_cert_required, insecure_http)
+    log = JsonLog()
+    metrics.configure_logging(log)  # from here on every line on stderr is one JSON object
     data = DataDir(Path(path))
     # Model blobs default to DIR/models; replicas sharing one database need one shared --models-dir.
     models = str(models_dir) if models_dir is not None else str(data.path / MODELS_DIR)
-    app = create_app(data.open_store(database_url), models_dir=models, max_model_size=max_model_size)
-    cert, key = (None, None) if insecure_http else (str(data.cert), str(data.key))
-    uvicorn.run(
-        app, host=host, port=port, server_header=False, log_level="info", ssl_certfile=cert, ssl_keyfile=key
+    app = create_app(
+        data.open_store(database_url),
+        models_dir=models,
+        max_model_size=max_model_size,
+        release_settings=release_settings,
+        allow_export=allow_export,
+        metrics_public=metrics_public,
+        log=log,
     )
+    cert, key = (None, None) if insecure_http else (str(data.cert), str(data.key))
+    if insecure_http:
+        log.event("insecure_http", level="warning", message="serving plain HTTP: for tests only")
+    log.event(
+        "serve",
+        address=f"{host}:{port}",
+        tls=not insecure_http,
+        client_certificates={ssl.CERT_NONE: "off", ssl.CERT_OPTIONAL: "optional"}.get(cert_reqs, "required"),
+        export=allow_export,
+        metrics_public=metrics_public,
+    )
+    try:
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            server_header=False,
+            log_level="info",
+            ssl_certfile=cert,
+            ssl_keyfile=key,
+            # Our JSON lines replace uvicorn's text logs and its access log (metrics.py).
+            log_config=None,
+            access_log=False,
+            ssl_ca_certs=str(client_ca) if client_ca is not None else None,
+            ssl_cert_reqs=cert_reqs,
+        )
+    finally:
+        # uvicorn has drained the connections: commit what is still queued, stop the writer.
+        app.state.release_gate.close()
+
+
+def _client_cert_reqs(
+    client_ca: str | os.PathLike[str] | None, required: bool, insecure_http: bool
+) -> ssl.VerifyMode:
+    """serve's --client-ca / --client-cert-required as the TLS verify mode, checked before binding."""
+    if client_ca is None:
+        if required:
+            raise UsageError("--client-cert-required needs --client-ca CA.pem (the CA that signs them)")
+        return ssl.CERT_NONE
+    if insecure_http:
+        raise UsageError("--client-ca needs TLS: it does not go with --insecure-http")
+    try:
+        ssl.create_default_context(cafile=str(client_ca))
+    except (OSError, ssl.SSLError, ValueError):
+        raise KeyFileError(f"cannot load the client CA {client_ca} (PEM certificates expected)") from None
+    return ssl.CERT_REQUIRED if required else ssl.CERT_OPTIONAL

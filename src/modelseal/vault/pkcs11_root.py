@@ -7,33 +7,31 @@ id). vault.json keeps the ciphertext, the module path, the token and key labels 
 path, never the PIN. `vault serve` asks the token to decrypt the root at start: a copied data folder
 is useless without the token and its PIN. Tested with SoftHSM2.
 
-The PIN is read from a file only (bounded, refused when others may read it), never argv or env.
+The PIN is read from a file only (bounded, refused when others may read it), never argv or env;
+the library loading, sessions and PIN files are modelseal.pkcs11util's, shared with the device.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import stat
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import KeyFileError, RuntimeUnavailableError, UsageError
+from .. import pkcs11util
+from ..pkcs11util import LABEL_RE, read_pin
 from .barrier import ROOT_KEY_SIZE
 from .errors import KeyServiceError
 
 if TYPE_CHECKING:
     from pkcs11 import Session
 
-MAX_PIN_FILE = 256
 _NONCE_SIZE = 12
 _TAG_BITS = 128
 _SEALED_SIZE = ROOT_KEY_SIZE + _TAG_BITS // 8
-_LABEL_RE = re.compile(r"[\x20-\x7e]{1,64}")  # printable ASCII: it ends up in vault.json and messages
 
 
 @dataclass(frozen=True)
@@ -44,103 +42,26 @@ class Pkcs11Options:
     key_label: str | None = None
 
     def check(self) -> None:
-        for name, value in (("--token", self.token), ("--key-label", self.key_label)):
-            if value is not None and not _LABEL_RE.fullmatch(value):
-                raise UsageError(f"{name} must be 1-64 printable ASCII characters")
+        pkcs11util.check_label("--token", self.token)
+        pkcs11util.check_label("--key-label", self.key_label)
 
 
 def _aad(vault_id: str) -> bytes:
     return f"modelseal vault pkcs11 root v1:{vault_id}".encode()
 
 
-def read_pin(path: str | os.PathLike[str]) -> str:
-    p = Path(path)
-    try:
-        mode = p.stat().st_mode
-        with open(p, "rb") as f:
-            data = f.read(MAX_PIN_FILE + 1)
-    except OSError as e:
-        raise KeyFileError(f"cannot read PIN file {path}: {e.strerror}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeyFileError(f"PIN file {path} is readable by others: chmod 600 it")
-    if len(data) > MAX_PIN_FILE:
-        raise KeyFileError(f"PIN file {path} is larger than {MAX_PIN_FILE} bytes")
-    try:
-        pin = data.decode("utf-8").split("\n", 1)[0].rstrip("\r")
-    except UnicodeDecodeError:
-        raise KeyFileError(f"PIN file {path} is not UTF-8 text") from None
-    if not pin:
-        raise KeyFileError(f"PIN file {path} is empty")
-    return pin
-
-
 def _require() -> None:
-    try:
-        import pkcs11  # noqa: F401
-    except ImportError:
-        raise RuntimeUnavailableError("python-pkcs11", "vault") from None
-
-
-_LIBRARIES: dict[str, Any] = {}
-_LIBRARIES_LOCK = threading.Lock()
-
-
-def load_module(module: str) -> Any:
-    """The loaded PKCS#11 library for ``module``, one per process and never unloaded.
-
-    Sessions and keys of python-pkcs11 call through the library's function list: unloading it
-    while such an object may still be alive crashes the process, and a second C_Initialize of the
-    same module fails. So every user in the process (the tests too) shares this one instance.
-    """
-    _require()
-    import pkcs11
-    from pkcs11 import exceptions as p11
-
-    if not Path(module).is_file():
-        raise KeyServiceError(
-            f"PKCS#11 module {module} does not exist (is SoftHSM2 or the HSM client installed?)"
-        )
-    with _LIBRARIES_LOCK:
-        lib = _LIBRARIES.get(module)
-        if lib is None:
-            try:
-                lib = pkcs11.lib(module)
-            except p11.PKCS11Error:
-                raise KeyServiceError(
-                    f"cannot load PKCS#11 module {module}: not a usable PKCS#11 library"
-                ) from None
-            _LIBRARIES[module] = lib
-        return lib
+    pkcs11util.require("vault")
 
 
 @contextmanager
 def _session(module: str, token_label: str, pin: str, *, rw: bool) -> Iterator[Session]:
-    """A logged-in session on the token labelled ``token_label``, closed (logged out) afterwards."""
-    from pkcs11 import exceptions as p11
-
-    lib = load_module(module)
+    """A logged-in session on the token (modelseal.pkcs11util), its failures as vault errors."""
     try:
-        token = lib.get_token(token_label=token_label)
-    except p11.NoSuchToken:
-        raise KeyServiceError(f"no PKCS#11 token labelled {token_label!r} in {module}") from None
-    except p11.MultipleTokensReturned:
-        raise KeyServiceError(f"several PKCS#11 tokens are labelled {token_label!r} in {module}") from None
-    try:
-        session = token.open(rw=rw, user_pin=pin)
-    except (p11.PinIncorrect, p11.PinInvalid, p11.PinLenRange):
-        raise KeyServiceError(
-            f"the PKCS#11 token {token_label!r} refused the PIN (wrong PIN)", code="pin_incorrect"
-        ) from None
-    except p11.PinLocked:
-        raise KeyServiceError(
-            f"the PIN of PKCS#11 token {token_label!r} is locked (too many wrong PINs)", code="pin_locked"
-        ) from None
-    except p11.PKCS11Error as e:
-        raise KeyServiceError(
-            f"the PKCS#11 token {token_label!r} refused a session ({type(e).__name__})"
-        ) from None
-    with session:
-        yield session
+        with pkcs11util.open_session(module, token_label, pin, rw=rw) as session:
+            yield session
+    except pkcs11util.TokenError as e:
+        raise KeyServiceError(e.message, code=e.code) from None
 
 
 def create(options: Pkcs11Options, vault_id: str, root: bytes | bytearray) -> dict[str, Any]:
@@ -234,8 +155,8 @@ def open_root(config: object, vault_id: str) -> bytearray:
     if not isinstance(config, dict):
         raise KeyServiceError("vault.json has no valid `pkcs11` section")
     module = _text(config, "module", r"/.{1,4095}")
-    token = _text(config, "token", _LABEL_RE.pattern)
-    label = _text(config, "key_label", _LABEL_RE.pattern)
+    token = _text(config, "token", LABEL_RE.pattern)
+    label = _text(config, "key_label", LABEL_RE.pattern)
     key_id = bytes.fromhex(_text(config, "key_id", r"[0-9a-f]{32}"))
     pin_file = _text(config, "pin_file", r"/.{1,4095}")
     nonce = bytes.fromhex(_text(config, "nonce", f"[0-9a-f]{{{2 * _NONCE_SIZE}}}"))
