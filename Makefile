@@ -6,10 +6,10 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 DEMO_STAMP := $(VENV)/.demo-stamp
 TEST_STAMP := $(VENV)/.test-stamp
-# Everything the test suite exercises: runtimes, Crypto-fs, the demo model.
+# Everything the test suite exercises: runtimes, Crypto-fs, the demo model (dev has matplotlib for the bench report).
 TEST_EXTRAS := dev,demo,onnxruntime,openvino,torch,safetensors,cfs,device,vault
 
-.PHONY: demo test test-slow lint typecheck system-deps bench vectors clean
+.PHONY: demo test test-slow soak lint typecheck system-deps bench vectors clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,18 +63,45 @@ test: lint typecheck
 test-slow: $(TEST_STAMP)
 	$(BIN)/pytest -q -m slow
 
+# The hour-long soak of the vault and the library (MODELSEAL_SOAK_SECONDS=N to change the hour).
+soak: $(TEST_STAMP)
+	$(BIN)/pytest -q -m soak
+
 vectors: $(DEMO_STAMP)
 	$(BIN)/python scripts/gen_vectors.py
 
+# `make bench`: every script in bench/ writes its rows to $(BENCH_RESULTS)/<name>.json, then
+# bench/report.py draws docs/img/bench-*.png and rewrites the generated block of docs/benchmarks.md.
+# ~25 min on a 2-vCPU VM; QUICK=1 runs smaller models and fewer runs (~10 min); BENCHES="runtimes cfs"
+# re-runs some and keeps the others' results. A bench whose component is missing (gocryptfs, age,
+# FUSE, PostgreSQL, wrk) records why and the page says so; as root the missing tools are installed.
+# Each timed run first waits (up to 20-120 s) for idle CPUs; BENCH_IDLE_WAIT=15 caps that wait on a
+# machine that is never idle, and the page then says how many runs started on a busy machine.
+BENCH_RESULTS ?= bench-results
+BENCHES ?= open peers rewrap runtimes cfs release agent
+BENCH_SYSTEM_PACKAGES := age gocryptfs openssl
+ifeq ($(QUICK),1)
+BENCH_ARGS_open := --size-mib 256 --reps 3 --seal-reps 2
+BENCH_ARGS_peers := --size-mib 256 --reps 2
+BENCH_ARGS_rewrap := --sizes-mb 10,100,500 --reps 5
+BENCH_ARGS_runtimes := --sizes-mb 16,64,208 --reps 3
+BENCH_ARGS_cfs := --size-mib 256 --reps 2
+BENCH_ARGS_release := --levels 1,8,32 --duration 4
+BENCH_ARGS_agent := --runs 50
+endif
 bench: $(TEST_STAMP)
 	$(PIP) -e '.[bench]'
-	$(BIN)/python bench/bench_open.py
-	$(BIN)/python bench/bench_peers.py
-	$(BIN)/python bench/bench_rewrap.py
-	$(BIN)/python bench/bench_runtimes.py
-	$(BIN)/python bench/bench_release.py
-	@if [ "$$(id -u)" = 0 ] && command -v gocryptfs >/dev/null; then $(BIN)/python bench/bench_cfs.py; \
-	  else echo "bench_cfs skipped: needs root and gocryptfs (apt-get install gocryptfs)"; fi
+	@if [ "$$(id -u)" = 0 ] && ! { command -v age && command -v gocryptfs && command -v openssl; } >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BENCH_SYSTEM_PACKAGES) >/dev/null \
+	  || echo "modelseal: could not install $(BENCH_SYSTEM_PACKAGES); the benches that need them say so"; \
+	fi
+	@mkdir -p $(BENCH_RESULTS); date -u +"bench started %F %T UTC"
+	@$(foreach b,$(BENCHES),rm -f $(BENCH_RESULTS)/$(b).json; \
+	  echo "== bench/bench_$(b).py --results $(BENCH_RESULTS) $(BENCH_ARGS_$(b))"; \
+	  $(BIN)/python bench/bench_$(b).py --results $(BENCH_RESULTS) $(BENCH_ARGS_$(b)) \
+	  || echo "bench_$(b) FAILED (exit $$?): the page says it was not run";)
+	@date -u +"bench finished %F %T UTC"
+	$(BIN)/python bench/report.py --results $(BENCH_RESULTS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis demo-output

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-from _benchutil import machine
+from _benchutil import add_output_options, machine, write_results
 
 import modelseal
 from modelseal.vault import datadir
@@ -88,7 +88,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--size-mib", type=float, default=1.0, help="model size (default 1 MiB)")
+    add_output_options(ap)
     args = ap.parse_args()
+    started = time.time()
     with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
         folder = Path(tmp)
         data = folder / "vault"
@@ -141,6 +143,16 @@ def main() -> None:
     extra = agent_p50 - base
     print(f"extra latency through agent + vault at p50: {extra:.2f} ms (target <= 30 ms: "
           f"{'met' if extra <= 30 else 'NOT met'})")
+    write_results(args, "agent", {
+        "size_bytes": int(args.size_mib * (1 << 20)),
+        "runs": args.runs,
+        # The first row is the baseline (local key); samples in milliseconds.
+        "rows": [
+            {"name": name, "p50": p[0], "p95": p[1], "p99": p[2], "samples_ms": samples}
+            for name, samples in rows
+            for p in [percentiles(samples)]
+        ],
+    }, started)
 
 
 if __name__ == "__main__":

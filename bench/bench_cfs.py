@@ -31,17 +31,22 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from _benchutil import (
     MiB,
     Timing,
+    add_output_options,
     machine,
     measure,
     print_table,
+    skip,
+    timing_dict,
     touch_memory,
     wait_for_idle,
     warm,
     write_random_file,
+    write_results,
 )
 
 import modelseal
@@ -133,16 +138,18 @@ def main() -> None:
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=None, help="default: a fresh folder in $TMPDIR")
+    add_output_options(ap)
     args = ap.parse_args()
+    started = time.time()
     reason = fuse_unavailable()
     if reason:
-        raise SystemExit(f"FUSE unavailable: {reason}")
+        skip(args, "cfs", f"FUSE unavailable: {reason}")
     if shutil.which("gocryptfs") is None:
-        raise SystemExit("gocryptfs is not installed (Debian: apt-get install gocryptfs)")
+        skip(args, "cfs", "gocryptfs is not installed (Debian: apt-get install gocryptfs)")
     size = args.size_mib * MiB
     work = Path(tempfile.mkdtemp(prefix="bench-cfs-", dir=args.workdir))
     try:
-        run(work, size, args.reps)
+        write_results(args, "cfs", run(work, size, args.reps), started)
     finally:
         for mnt in (work / "cfs-mnt", work / "gocryptfs-mnt"):
             if os.path.ismount(mnt):
@@ -150,7 +157,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run(work: Path, size: int, reps: int) -> None:
+def run(work: Path, size: int, reps: int) -> dict[str, Any]:
     print(f"# bench_cfs: {size / MiB:.0f} MiB model, {reps} runs each, reader: readinto 1 MiB")
     print(f"# {machine()}; gocryptfs: "
           + subprocess.run(["gocryptfs", "-version"], capture_output=True, text=True).stdout.split(";")[0])
@@ -224,6 +231,13 @@ def run(work: Path, size: int, reps: int) -> None:
         first_g = g_mount_s + g.median
         print(f"mount + first cold read: cfs {first_cfs:.2f} s, gocryptfs {first_g:.2f} s "
               f"({first_g / first_cfs:.2f}x)")
+    # Rows: plain file, cfs, gocryptfs (cold only as root: it needs drop_caches).
+    return {
+        "size_bytes": size,
+        "cold": [timing_dict(t) for t in rows_cold],
+        "warm": [timing_dict(t) for t in rows_warm],
+        "mount_seconds": {"cfs": cfs_mount_s, "gocryptfs": g_mount_s},
+    }
 
 
 if __name__ == "__main__":

@@ -16,20 +16,24 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from _benchutil import (
     MiB,
     Timing,
+    add_output_options,
     fresh_private_map,
     fsync_path,
     machine,
     measure,
     print_table,
     readinto_full,
+    timing_dict,
     warm,
     write_random_file,
+    write_results,
 )
 
 import modelseal
@@ -67,7 +71,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--seal-reps", type=int, default=3)
     ap.add_argument("--chunk-mib", type=int, default=modelseal.DEFAULT_CHUNK_SIZE // MiB)
+    add_output_options(ap)
     args = ap.parse_args()
+    started = time.time()
     size = args.size_mib * MiB
     print(machine())
     print(f"model {args.size_mib} MiB random, chunk {args.chunk_mib} MiB")
@@ -166,6 +172,15 @@ def main() -> None:
                 srows.setdefault(name, []).extend(measure(name, size, 1, srun).runs)
         stimings = [Timing(n, r, size) for n, r in srows.items()]
         print_table("seal vs plain copy (output on the same ext4 disk)", stimings, stimings[0])
+        write_results(args, "open", {
+            "size_bytes": size,
+            "chunk_bytes": args.chunk_mib * MiB,
+            # open: the first row is the strictest baseline, the last is modelseal.open.
+            "open": [timing_dict(t) for t in timings],
+            "peak_rss": peaks,
+            # seal: the first row is the baseline (plain copy + fsync), the second modelseal.seal.
+            "seal": [timing_dict(t) for t in stimings],
+        }, started)
 
 
 if __name__ == "__main__":

@@ -37,12 +37,12 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-from _benchutil import machine, throwaway_postgres, wait_for_idle
+from _benchutil import add_output_options, machine, throwaway_postgres, wait_for_idle, write_results
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import text
@@ -521,12 +521,14 @@ def main() -> None:
         help="requests pre-built per second of a level (default 4000)",
     )
     ap.add_argument("--serve-args", default="", help="extra `vault serve` flags, e.g. --no-group-commit")
+    add_output_options(ap)
     args = ap.parse_args()
     args.levels = [int(x) for x in args.levels.split(",")]
     if shutil.which("wrk") is None:
         raise SystemExit("bench_release needs wrk: apt-get install wrk")
     print(f"# vault key release over TLS on loopback; {machine()}")
     print(f"# serve flags: {args.serve_args or '(defaults)'}; {args.duration:g} s per level; wrk -t1")
+    started, measured = time.time(), {}
     for backend in args.backends.split(","):
         with tempfile.TemporaryDirectory(prefix=f"bench-release-{backend}-") as tmp:
             if backend == "sqlite":
@@ -537,6 +539,9 @@ def main() -> None:
             else:
                 raise SystemExit(f"unknown backend {backend!r}")
         report(f"{backend} ({args.serve_args or 'default flags'})", rows)
+        measured[backend] = [asdict(r) for r in rows]
+    write_results(args, "release", {"serve_args": args.serve_args, "duration": args.duration,
+                                    "backends": measured}, started)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""rewrap (add an X25519 recipient) of a small and a large sealed model.
+"""rewrap (add an X25519 recipient) of sealed models across a sweep of sizes (default 10 MB to 2 GB).
 
   in place:  modelseal.rewrap(sealed, MEK, add=[X25519], in_place=True): unwrap, new header, a
              fsynced header backup, pwrite of the header region, fsync. Between runs the added
@@ -19,7 +19,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _benchutil import Timing, fsync_path, machine, measure, warm
+from _benchutil import (
+    Timing,
+    add_output_options,
+    fsync_path,
+    machine,
+    measure,
+    timing_dict,
+    warm,
+    write_results,
+)
 
 import modelseal
 
@@ -37,9 +46,11 @@ def make_sealed(folder: Path, name: str, size: int, mek: bytes) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes-mb", default="10,2000", help="decimal MB, comma separated")
+    ap.add_argument("--sizes-mb", default="10,100,500,2000", help="decimal MB, comma separated")
     ap.add_argument("--reps", type=int, default=15, help="in-place runs (new-file runs: 5 small, 3 large)")
+    add_output_options(ap)
     args = ap.parse_args()
+    started = time.time()
     print(machine())
     mek = modelseal.keygen()
     identity = modelseal.MEK(mek)
@@ -108,6 +119,15 @@ def main() -> None:
             print(f"{model:12} {rw.median:8.3f} {cp.median:9.3f} {cpf.median:8.3f} "
                   f"{rw.median / cp.median:8.2f} {rw.median / cpf.median:14.2f}   "
                   f"[{rw.best / cp.best:.2f} / {rw.best / cpf.best:.2f}]")
+        mbs = [int(x) for x in args.sizes_mb.split(",")]
+        write_results(args, "rewrap", {
+            "sizes": [
+                {"mb": mb, "size_bytes": ip.nbytes, "in_place": timing_dict(ip),
+                 "rewrap_new": timing_dict(rw), "copyfile": timing_dict(cp),
+                 "copyfile_fsync": timing_dict(cpf)}
+                for mb, ip, (rw, cp, cpf) in zip(mbs, inplace, newfile, strict=True)
+            ],
+        }, started)
 
 
 if __name__ == "__main__":

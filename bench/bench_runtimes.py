@@ -1,12 +1,13 @@
 """Runtime loaders: sealed load vs plaintext load of the same model, measured in the same run.
 
-ONNX Runtime, one model of >= 200 MB (a chain of MatMuls with random f32 initializers) in three
+A sweep of model sizes (default 16, 64, 208, 512 MiB; the issue-3 targets are for >= 200 MB).
+ONNX Runtime, at each size one model (a chain of MatMuls with random f32 initializers) in three
 forms, each sealed one against its own plaintext baseline:
 - a single ``.onnx`` file: ``InferenceSession(path)`` vs ``modelseal.runtimes.onnxruntime.load_session``
-  (authenticate + decrypt into a frozen memfd whose pages a helper thread maps in ahead of the
-  decryption; ORT reads ``/proc/self/fd/N``; the memfd is zeroized on a helper thread after return),
-  plus two ablations: the same waiting for the zeroize, and without the page prefault (the previous
-  version: both on the caller's path);
+  (authenticate + decrypt into the private huge-page mapping; the graph goes to ORT as bytes and the
+  large initializers as OrtValues over the mapping, which is zeroized on a helper thread after
+  return), plus one ablation: the same waiting for the zeroize. bench/bench_ort_variants.py compares
+  this route with the previous memfd one;
 - ORT format (``.ort``, converted by ORT itself): path vs ``load_session`` (the same memfd route);
 - ONNX with external data (folder: graph + one weights file): path vs ``load_session`` (graph as
   bytes, weights through ``add_external_initializers_from_files_in_memory`` from the mapping).
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
+import shutil
 import statistics
 import sys
 import tempfile
@@ -33,13 +35,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import numpy as np
-from _benchutil import MiB, machine, touch_memory, wait_for_idle
+from _benchutil import MiB, add_output_options, machine, touch_memory, wait_for_idle, write_results
 
 import modelseal
-from modelseal.memfd import MemfdSink
 from modelseal.runtimes import onnxruntime as sealed_ort
 from modelseal.runtimes import openvino as sealed_ov
 
@@ -158,97 +158,154 @@ def report(title: str, size: int, times: dict[str, list[float]], baseline: str, 
     print(f"ratio sealed/plain (median of {n}): {sealed / base:.2f} (target <= {target}) {verdict}")
 
 
-def waited(sealed: Path, identity: modelseal.MEK, prefault: bool = True) -> Any:
-    """load_session with the zeroize on the caller's path (and optionally no page prefault)."""
-    sink = MemfdSink if prefault else functools.partial(MemfdSink, prefault=False)
-    with mock.patch.object(sealed_ort, "MemfdSink", sink):
-        session = sealed_ort.load_session(sealed, identity)
+def waited(sealed: Path, identity: modelseal.MEK) -> Any:
+    """load_session with the zeroize on the caller's path."""
+    session = sealed_ort.load_session(sealed, identity)
     join_zeroizers()
     return session
+
+
+def sizes(text: str) -> list[int]:
+    return sorted({int(x) for x in text.split(",") if x.strip()})
+
+
+def bench_ort(root: Path, mb: int, reps: int, mek: bytes, ablations: bool) -> list[dict[str, Any]]:
+    """The three ONNX Runtime forms of one model of ``mb`` MiB; one result row per form."""
+    import onnxruntime as ort
+
+    identity = modelseal.MEK(mek)
+    folder = root / f"ort-{mb}"
+    folder.mkdir()
+    plain = folder / "model.onnx"
+    size = build_onnx(plain, mb)
+    x = {"x": np.ones((1, DIM), np.float32)}
+    expected = ort.InferenceSession(str(plain)).run(None, x)[0]
+    forms = {
+        "ONNX single file": (plain, size),
+        "ORT format (.ort)": (folder / "model.ort", build_ort_format(plain, folder / "model.ort")),
+        "ONNX + external data (folder)": (folder / "ext", build_external(plain, folder / "ext")),
+    }
+    rows = []
+    for title, (source, nbytes) in forms.items():
+        sealed = folder / "sealed.mseal"
+        modelseal.seal(source, sealed, mek=mek)
+        plain_path = str(source / "model.onnx" if source.is_dir() else source)
+        np.testing.assert_allclose(
+            sealed_ort.load_session(sealed, identity).run(None, x)[0], expected, rtol=1e-5
+        )
+        contenders: dict[str, Callable[[], Any]] = {
+            "plain InferenceSession(path)": functools.partial(ort.InferenceSession, plain_path),
+            "sealed load_session": functools.partial(sealed_ort.load_session, sealed, identity),
+        }
+        if title == "ONNX single file" and ablations:
+            contenders["  ablation: + wait for the zeroize"] = functools.partial(waited, sealed, identity)
+        times = alternate(reps, contenders, touch=nbytes + 64 * MiB)
+        report(f"ONNX Runtime session load: {title}", nbytes, times, "plain InferenceSession(path)", 1.15)
+        rows.append(result_row(title, mb, size, nbytes, times, "plain InferenceSession(path)", 1.15))
+        sealed.unlink()
+    shutil.rmtree(folder)
+    return rows
+
+
+def bench_ov(root: Path, mb: int, reps: int, mek: bytes) -> dict[str, Any]:
+    import openvino as ov
+
+    identity = modelseal.MEK(mek)
+    folder = root / f"ir-{mb}"
+    size = build_ir(folder, mb)
+    sealed = root / f"ir-{mb}.mseal"
+    modelseal.seal(folder, sealed, mek=mek)
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    x_ov = np.ones((1, DIM), np.float32)
+    np.testing.assert_allclose(
+        sealed_ov.compile_model(sealed, identity, "CPU", config, core=core)([x_ov])[0],
+        core.compile_model(str(folder / "model.xml"), "CPU", config)([x_ov])[0],
+        rtol=1e-5,
+    )
+    times = alternate(
+        reps,
+        {
+            "plain core.compile_model(xml path)": lambda: core.compile_model(
+                str(folder / "model.xml"), "CPU", config
+            ),
+            "sealed compile_model (shared Tensor)": lambda: sealed_ov.compile_model(
+                sealed, identity, "CPU", config, core=core
+            ),
+        },
+    )
+    report("OpenVINO IR compile", size, times, "plain core.compile_model(xml path)", 1.5)
+    baseline = "plain core.compile_model(xml path)"
+    row = result_row("OpenVINO IR (xml + bin)", mb, size, size, times, baseline, 1.5)
+    sealed.unlink()
+    shutil.rmtree(folder)
+    return row
+
+
+def result_row(
+    form: str, mb: int, model_bytes: int, nbytes: int, times: dict[str, list[float]], baseline: str,
+    target: float,
+) -> dict[str, Any]:
+    base = statistics.median(times[baseline])
+    sealed = statistics.median(next(r for n, r in times.items() if n.startswith("sealed")))
+    return {
+        "form": form,
+        "mib": mb,
+        "model_bytes": model_bytes,  # the single-file model (the sweep's x axis)
+        "nbytes": nbytes,  # this form's bytes
+        "baseline": baseline,
+        "target": target,
+        "ratio": sealed / base,
+        "times": {name.strip(): runs for name, runs in times.items()},
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=7)
-    parser.add_argument("--ort-mb", type=int, default=208, help="ONNX model size (>= 200 for the target)")
-    parser.add_argument("--ov-mb", type=int, default=208, help="OpenVINO IR weights size")
+    parser.add_argument(
+        "--sizes-mb", default="16,64,208,512",
+        help="model sizes to sweep, MiB, comma separated (rounded up to whole 16 MiB layers)",
+    )
+    parser.add_argument("--ort-mb", default=None, help="ONNX sizes, if not --sizes-mb (target: >= 200)")
+    parser.add_argument("--ov-mb", default=None, help="OpenVINO IR weights sizes, if not --sizes-mb")
     parser.add_argument("--only", choices=["ort", "ov"], default=None)
     parser.add_argument(
         "--dir", type=Path, default=None, help="where to write the models (default: a temp dir)"
     )
+    parser.add_argument(
+        "--ablations", choices=["largest", "all", "none"], default="largest",
+        help="where the ONNX single-file ablation runs (default: the largest size only)",
+    )
+    add_output_options(parser)
     args = parser.parse_args()
+    started = time.time()
+    ort_sizes = sizes(args.ort_mb or args.sizes_mb)
+    ov_sizes = sizes(args.ov_mb or args.sizes_mb)
 
     print(f"# bench_runtimes: {machine()}")
     mek = modelseal.keygen()
-    identity = modelseal.MEK(mek)
+    results: dict[str, Any] = {"ort": [], "ov": []}
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         root = Path(tmp)
         if args.only in (None, "ort"):
             import onnxruntime as ort
 
-            print(f"onnxruntime {ort.__version__}")
-            plain = root / "model.onnx"
-            size = build_onnx(plain, args.ort_mb)
-            x = {"x": np.ones((1, DIM), np.float32)}
-            expected = ort.InferenceSession(str(plain)).run(None, x)[0]
-            forms = {
-                "ONNX single file": (plain, size),
-                "ORT format (.ort)": (root / "model.ort", build_ort_format(plain, root / "model.ort")),
-                "ONNX + external data (folder)": (root / "ext", build_external(plain, root / "ext")),
-            }
-            for title, (source, nbytes) in forms.items():
-                sealed = root / "sealed.mseal"
-                modelseal.seal(source, sealed, mek=mek)
-                plain_path = str(source / "model.onnx" if source.is_dir() else source)
-                np.testing.assert_allclose(
-                    sealed_ort.load_session(sealed, identity).run(None, x)[0], expected, rtol=1e-5
-                )
-                contenders: dict[str, Callable[[], Any]] = {
-                    "plain InferenceSession(path)": functools.partial(ort.InferenceSession, plain_path),
-                    "sealed load_session": functools.partial(sealed_ort.load_session, sealed, identity),
-                }
-                if title == "ONNX single file":
-                    contenders.update(
-                        {
-                            "  ablation: + wait for the zeroize": functools.partial(waited, sealed, identity),
-                            "  ablation: + wait, no prefault (previous version)": functools.partial(
-                                waited, sealed, identity, prefault=False
-                            ),
-                        }
-                    )
-                times = alternate(args.reps, contenders, touch=nbytes + 64 * MiB)
-                report(
-                    f"ONNX Runtime session load: {title}", nbytes, times, "plain InferenceSession(path)", 1.15
-                )
-                sealed.unlink()
+            print(f"onnxruntime {ort.__version__}; sizes {ort_sizes} MiB")
+            for mb in ort_sizes:
+                ablate = args.ablations == "all" or (args.ablations == "largest" and mb == ort_sizes[-1])
+                results["ort"].extend(bench_ort(root, mb, args.reps, mek, ablate))
         if args.only in (None, "ov"):
             import openvino as ov
 
-            print(f"\nopenvino {ov.__version__}")
-            folder = root / "ir"
-            size = build_ir(folder, args.ov_mb)
-            sealed = root / "ir.mseal"
-            modelseal.seal(folder, sealed, mek=mek)
-            core = ov.Core()
-            config = {"INFERENCE_PRECISION_HINT": "f32"}
-            x_ov = np.ones((1, DIM), np.float32)
-            np.testing.assert_allclose(
-                sealed_ov.compile_model(sealed, identity, "CPU", config, core=core)([x_ov])[0],
-                core.compile_model(str(folder / "model.xml"), "CPU", config)([x_ov])[0],
-                rtol=1e-5,
-            )
-            times = alternate(
-                args.reps,
-                {
-                    "plain core.compile_model(xml path)": lambda: core.compile_model(
-                        str(folder / "model.xml"), "CPU", config
-                    ),
-                    "sealed compile_model (shared Tensor)": lambda: sealed_ov.compile_model(
-                        sealed, identity, "CPU", config, core=core
-                    ),
-                },
-            )
-            report("OpenVINO IR compile", size, times, "plain core.compile_model(xml path)", 1.5)
+            print(f"\nopenvino {ov.__version__}; sizes {ov_sizes} MiB")
+            for mb in ov_sizes:
+                results["ov"].append(bench_ov(root, mb, args.reps, mek))
+    summary = [(r["form"], r["model_bytes"], r["ratio"]) for r in results["ort"] + results["ov"]]
+    print("\n## sealed/plain (median) vs model size")
+    for form, nbytes, ratio in summary:
+        print(f"{form:34} {nbytes / 1e6:8.0f} MB {ratio:6.2f}")
+    write_results(args, "runtimes", {"reps": args.reps, **results}, started)
     return 0
 
 

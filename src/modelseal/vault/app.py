@@ -5,7 +5,8 @@ checks the caller's role in its domain. While the barrier is sealed every such r
 Errors are `{"error": {"code": ..., "message": ...}}` and never echo request bodies (they may hold
 wrapped keys). The device key-release route (PSK proof, policy, licence, HPKE-sealed answer) is a
 plain Starlette route in this app: it is the hot path, and FastAPI's dependency injection and
-validation cost ~110 µs per request (ARCHITECTURE §4), so it parses its small body by hand.
+validation cost ~110 µs per request (ARCHITECTURE §4), so it parses its small body by hand; it is
+also answered before the app's middleware and route table (release_fastpath.py).
 """
 
 import base64
@@ -26,6 +27,7 @@ from .devices import DeviceStore, ReleaseDenied, ReleaseRequest
 from .errors import KeyServiceError, PermissionDenied, Unavailable
 from .group_commit import CommitQueueFull
 from .overload import ReleaseGate, ReleaseSettings, queue_full_response
+from .release_fastpath import ReleaseFastPath, VaultAPI
 from .store import DEFAULT_DOMAIN, Principal, Store
 from .tokens import TokenStore
 
@@ -154,7 +156,7 @@ def create_app(
     metrics_public: bool = False,
     log: JsonLog | None = None,
 ) -> FastAPI:
-    app = FastAPI(
+    app = VaultAPI(
         title="modelseal vault",
         version="1",
         openapi_url=f"{API_PREFIX}/openapi.json",
@@ -388,7 +390,10 @@ def create_app(
         }
         return Response(json.dumps(answer), 200, headers=NO_STORE, media_type="application/json")
 
-    app.add_route(f"{API_PREFIX}/release", gate.guard(release), methods=["POST"], include_in_schema=False)
+    # In the route table too: its 405 for other methods, and POSTs while sealed reach the sealed
+    # guard through the app's middleware. Unsealed POSTs take the fast path (set at the end).
+    guarded_release = gate.guard(release)
+    app.add_route(f"{API_PREFIX}/release", guarded_release, methods=["POST"], include_in_schema=False)
 
     # Imported here: attestation.py reuses this module's release parsing, so a top-level import
     # would be circular.
@@ -426,6 +431,7 @@ def create_app(
     token_routes.add_routes(app, tokens, caller, allow)
     export_api.add_routes(app, store, caller, allow, enabled=allow_export)
     # Last: its middleware is then the outermost, so it also counts what the guards refuse.
-    metrics.install(app, store, public=metrics_public, log=log, on_auth=tokens.touch)
+    record = metrics.install(app, store, public=metrics_public, log=log, on_auth=tokens.touch)
+    app.release_fastpath = ReleaseFastPath(guarded_release, store.barrier, record)
 
     return app

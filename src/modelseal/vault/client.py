@@ -271,9 +271,7 @@ class VaultClient:
         """POST /v1/release (no token needed: the request carries the device's PSK proof)."""
         return self._call("POST", "/release", json=request)
 
-    def enroll_device(
-        self, name: str, public_key: bytes, measurement: bytes | None = None
-    ) -> dict[str, Any]:
+    def enroll_device(self, name: str, public_key: bytes, measurement: bytes | None = None) -> dict[str, Any]:
         """Enrol a device's Ed25519 identity public key (raw 32 bytes) and expected measurement."""
         body = {
             "public_key": base64.b64encode(public_key).decode(),

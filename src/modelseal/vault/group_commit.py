@@ -157,7 +157,7 @@ class GroupCommitter:
         stats.sizes[len(batch)] = stats.sizes.get(len(batch), 0) + 1
         decisions: list[Decision] = []
         try:
-            with self.devices.store._write() as session:
+            with self.devices.store._write_batch() as session:
                 for item in batch:
                     decisions.append(item.decide(session, time.time()))
         except Exception:
