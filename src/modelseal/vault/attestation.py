@@ -199,7 +199,7 @@ class Attestation:
                 device is None
                 or device.revoked
                 or device.identity is None
-                or self.devices._recent_failures(session, device.id, at) >= LOCKOUT_FAILURES
+                or self.devices.device_failures(session, device, at) >= LOCKOUT_FAILURES
             ):
                 return nonce
             session.execute(
@@ -282,17 +282,17 @@ class Attestation:
         except InvalidSignature:
             signed = False
         if device is None:
-            self.devices._recent_failures(session, 0, at)
             decision.reason = "unknown_device"
         elif device.revoked:
             decision.reason = "revoked"
         elif identity is None:
             decision.reason = "not_enrolled"
-        else:
-            if not signed:
-                decision.reason = "bad_signature"
-                self.devices.count_failure(session, device, at)
-            self.devices.check_lockout(session, device, at, decision)
+        elif not signed:
+            decision.reason = "bad_signature"
+        subject = self.devices.failure_subject(domain_id, req.domain, req.device)
+        if decision.reason is not None:  # every failed proof counts, so all write the same rows
+            self.devices.count_failure(session, subject, at)
+        self.devices.check_lockout(session, subject, at, decision)
         if decision.reason is None and device is not None:
             decision.reason = self._consume_nonce(session, device, report, at)
         if decision.reason is None and identity is not None:

@@ -31,9 +31,7 @@ from sqlalchemy.orm import Session
 from . import protocol
 from .devices import (
     LOCKOUT_FAILURES,
-    LOCKOUT_WINDOW_SECONDS,
     Device,
-    DeviceFailure,
     DeviceStore,
     Licence,
     LicenceDevice,
@@ -150,9 +148,8 @@ class DeviceRequests:
             ).scalar()
         barrier = self.store.barrier
         if device is None:
-            # The same barrier, HMAC and failure-count work as a known device (as release does).
+            # The same barrier, HMAC and failure work as a known device (as release does).
             psk = barrier.decrypt(self.devices._dummy_blob(), table="devices", row="-", purpose="psk")
-            self.devices._recent_failures(session, 0, at)
         else:
             psk = barrier.decrypt(
                 device.psk, table="devices", row=self.devices._psk_row(device), purpose="psk"
@@ -163,21 +160,15 @@ class DeviceRequests:
             out.reason = "unknown_device"
         elif device.revoked:
             out.reason = "revoked"
-        else:
-            if not mac_ok:
-                out.reason = "bad_mac"
-                session.add(DeviceFailure(device_id=device.id, at=at))
-                session.execute(
-                    delete(DeviceFailure).where(
-                        DeviceFailure.device_id == device.id,
-                        DeviceFailure.at <= at - LOCKOUT_WINDOW_SECONDS,
-                    )
-                )
-                session.flush()
-            failures = self.devices._recent_failures(session, device.id, at)
-            out.details["recent_failures"] = failures
-            if out.reason is None and failures >= LOCKOUT_FAILURES:
-                out.reason = "locked"
+        elif not mac_ok:
+            out.reason = "bad_mac"
+        subject = self.devices.failure_subject(domain_id, proof.domain, proof.device)
+        if out.reason is not None:  # every failed proof counts, so all write the same rows
+            self.devices.count_failure(session, subject, at)
+        failures = self.devices.recent_failures(session, subject, at)
+        out.details["recent_failures"] = failures
+        if out.reason is None and failures >= LOCKOUT_FAILURES:
+            out.reason = "locked"
         if out.reason is None and abs(at - proof.timestamp) > protocol.MAX_SKEW_SECONDS:
             out.reason = "stale_timestamp"
         if out.reason is None and device is not None:

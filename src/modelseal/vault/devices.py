@@ -55,6 +55,7 @@ from .store import DEFAULT_DOMAIN, Base, Domain, MasterKey, Principal, Store, no
 LOCKOUT_FAILURES = 5
 LOCKOUT_WINDOW_SECONDS = 15 * 60
 NONCE_PURGE_SECONDS = 10.0
+FAILURE_SWEEP_SECONDS = 60.0
 MAX_GROUPS = 32
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # Compared against when the device is unknown, so that path does the same HMAC work.
@@ -82,10 +83,16 @@ class Device(Base):
     identity_enrolled: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
-class DeviceFailure(Base):
-    __tablename__ = "device_failures"
+class AuthFailure(Base):
+    """A failed proof towards a lockout, keyed by the claimed (domain, name), not by a device row.
+
+    So an unknown name writes the same rows as a known one with a wrong PSK and neither the answer
+    nor the work behind it says which names exist (tests/adversarial/test_psk_timing.py).
+    """
+
+    __tablename__ = "auth_failures"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"))
+    subject: Mapped[str] = mapped_column(String(64))  # HMAC of the claimed names under the root
     at: Mapped[float] = mapped_column(Float)
 
 
@@ -158,16 +165,18 @@ _DEVICE = HotStatement(
     )
 )
 _FAILURES = HotStatement(
-    select(func.count(DeviceFailure.id)).where(
-        DeviceFailure.device_id == bindparam("device_id"), DeviceFailure.at > bindparam("since")
+    select(func.count(AuthFailure.id)).where(
+        AuthFailure.subject == bindparam("subject"), AuthFailure.at > bindparam("since")
     )
 )
-_ADD_FAILURE = HotStatement(insert(DeviceFailure), ("device_id", "at"))
+_ADD_FAILURE = HotStatement(insert(AuthFailure), ("subject", "at"))
 _PURGE_FAILURES = HotStatement(
-    delete(DeviceFailure).where(
-        DeviceFailure.device_id == bindparam("device_id"), DeviceFailure.at <= bindparam("before")
+    delete(AuthFailure).where(
+        AuthFailure.subject == bindparam("subject"), AuthFailure.at <= bindparam("before")
     )
 )
+# Names nobody owns are never proved again, so their rows are only cleared by this sweep.
+_SWEEP_FAILURES = HotStatement(delete(AuthFailure).where(AuthFailure.at <= bindparam("before")))
 _PURGE_NONCES = HotStatement(
     delete(ReleaseNonce).where(
         ReleaseNonce.device_id == bindparam("device_id"), ReleaseNonce.timestamp < bindparam("before")
@@ -367,6 +376,7 @@ class DeviceStore:
         self.store = store
         self._dummy: bytes | None = None
         self._nonces_purged: dict[int, float] = {}  # device id -> time.monotonic() of its last purge
+        self._failures_swept = time.monotonic()  # of the last sweep (none is due at start)
 
     def _dummy_blob(self) -> bytes:
         if self._dummy is None:
@@ -429,13 +439,25 @@ class DeviceStore:
             "generation": device.identity_generation,
         }
 
-    def _recent_failures(self, session: Session, device_id: int, at: float) -> int:
+    def failure_subject(self, domain_id: int | None, domain: str, name: str) -> str:
+        """Who a lockout counts against: the claimed names, whether or not they exist.
+
+        A known device's subject is the same whichever path computes it (domain id + name); an
+        unknown domain is named by its text instead.
+        """
+        where = str(domain_id) if domain_id is not None else f"?{domain}"
+        return self.store.secret_digest("lockout subject", f"{where}\0{name}".encode())
+
+    def recent_failures(self, session: Session, subject: str, at: float) -> int:
         since = at - LOCKOUT_WINDOW_SECONDS
-        count = _FAILURES.scalar(session, {"device_id": device_id, "since": since})
+        count = _FAILURES.scalar(session, {"subject": subject, "since": since})
         return int(count or 0)
 
+    def device_failures(self, session: Session, device: Device, at: float) -> int:
+        return self.recent_failures(session, self.failure_subject(device.domain_id, "", device.name), at)
+
     def _meta(self, session: Session, device: Device) -> dict[str, Any]:
-        failures = self._recent_failures(session, device.id, time.time())
+        failures = self.device_failures(session, device, time.time())
         return {
             "name": device.name,
             "groups": json.loads(device.groups),
@@ -521,7 +543,8 @@ class DeviceStore:
     def unlock_device(self, who: Principal, name: str) -> dict[str, Any]:
         def run(session: Session) -> dict[str, Any]:
             device = self._device(session, who, name)
-            session.execute(delete(DeviceFailure).where(DeviceFailure.device_id == device.id))
+            subject = self.failure_subject(device.domain_id, "", device.name)
+            session.execute(delete(AuthFailure).where(AuthFailure.subject == subject))
             self.store._audit(session, who.domain, "device.unlock", who.accessor, device=name)
             return self._meta(session, device)
 
@@ -763,13 +786,18 @@ class DeviceStore:
             reads.devices[domain_id, name] = Device(**row) if row is not None else None
         return domain_id, reads.devices[domain_id, name]
 
-    def count_failure(self, session: Session, device: Device, at: float) -> None:
-        """A failed proof (wrong MAC, bad report signature): towards the device's lockout."""
-        _ADD_FAILURE.run(session, {"device_id": device.id, "at": at})
-        _PURGE_FAILURES.run(session, {"device_id": device.id, "before": at - LOCKOUT_WINDOW_SECONDS})
+    def count_failure(self, session: Session, subject: str, at: float) -> None:
+        """A failed proof (wrong MAC, bad report signature, unknown name): towards a lockout."""
+        before = at - LOCKOUT_WINDOW_SECONDS
+        _ADD_FAILURE.run(session, {"subject": subject, "at": at})
+        _PURGE_FAILURES.run(session, {"subject": subject, "before": before})
+        clock = time.monotonic()
+        if clock - self._failures_swept >= FAILURE_SWEEP_SECONDS:
+            self._failures_swept = clock
+            _SWEEP_FAILURES.run(session, {"before": before})
 
-    def check_lockout(self, session: Session, device: Device, at: float, decision: Decision) -> None:
-        failures = self._recent_failures(session, device.id, at)
+    def check_lockout(self, session: Session, subject: str, at: float, decision: Decision) -> None:
+        failures = self.recent_failures(session, subject, at)
         decision.details["recent_failures"] = failures
         if decision.reason is None and failures >= LOCKOUT_FAILURES:
             decision.reason = "locked"
@@ -811,10 +839,9 @@ class DeviceStore:
         decision = Decision()
         domain_id, device = self.find_device(session, req.domain, req.device)
         if device is None:
-            # Same barrier, HMAC and failure-count work as a known device, so response time says
-            # as little as the response body about whether the id exists.
+            # Same barrier, HMAC and failure work as a known device, so response time says as
+            # little as the response body about whether the id exists.
             psk = self.store.barrier.decrypt(self._dummy_blob(), table="devices", row="-", purpose="psk")
-            self._recent_failures(session, 0, at)
         else:
             psk = self.store.barrier.decrypt(
                 device.psk, table="devices", row=self._psk_row(device), purpose="psk"
@@ -825,11 +852,12 @@ class DeviceStore:
             decision.reason = "unknown_device"
         elif device.revoked:
             decision.reason = "revoked"
-        else:
-            if not mac_ok:
-                decision.reason = "bad_mac"
-                self.count_failure(session, device, at)
-            self.check_lockout(session, device, at, decision)
+        elif not mac_ok:
+            decision.reason = "bad_mac"
+        subject = self.failure_subject(domain_id, req.domain, req.device)
+        if decision.reason is not None:  # every failed proof counts, so all write the same rows
+            self.count_failure(session, subject, at)
+        self.check_lockout(session, subject, at, decision)
         if decision.reason is None and abs(at - req.timestamp) > protocol.MAX_SKEW_SECONDS:
             decision.reason = "stale_timestamp"
         if decision.reason is None and device is not None:
