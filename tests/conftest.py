@@ -8,6 +8,7 @@ import pytest
 from ci_no_skip import pytest_make_collect_report, pytest_runtest_makereport
 
 import modelseal
+from modelseal import memory
 from modelseal.format.stream import PayloadCipher
 
 __all__ = ["pytest_make_collect_report", "pytest_runtest_makereport"]  # hooks, found by name
@@ -57,3 +58,17 @@ def decrypt_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
 
     monkeypatch.setattr(PayloadCipher, "decrypt_into", counting)
     yield calls
+
+
+@pytest.fixture
+def plain_buffers(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[memory.PlainBuffer]]:
+    """Every plaintext buffer open() allocates (none for a hostile header; closed after a failure)."""
+    made: list[memory.PlainBuffer] = []
+    original = memory.PlainBuffer.__init__
+
+    def recording(self: memory.PlainBuffer, size: int) -> None:
+        original(self, size)
+        made.append(self)
+
+    monkeypatch.setattr(memory.PlainBuffer, "__init__", recording)
+    yield made

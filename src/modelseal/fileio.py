@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import FormatError, OutputError
+from .errors import FormatError, ModelSealError, OutputError
 
 
 def fsync_dir(path: Path) -> None:
@@ -78,3 +78,17 @@ def readinto_full(f: Readable, view: memoryview) -> None:
         if not n:
             raise FormatError("the file ended before its declared length (truncated?)")
         done += n
+
+
+def read_small_file(
+    path: str | os.PathLike[str], limit: int, what: str, error: type[ModelSealError]
+) -> bytes:
+    """The whole of a file that must be small (keys, bundles, reports): never more than ``limit`` read."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise error(f"cannot read {what} {path}: {e.strerror}") from None
+    if len(data) > limit:
+        raise error(f"{what} {path} is larger than {limit} bytes")
+    return data

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from .errors import KeyFileError
-from .fileio import atomic_write_bytes
+from .fileio import atomic_write_bytes, read_small_file
 from .recipients import MEK, X25519Identity, X25519Recipient
 from .recipients.x25519 import public_bytes
 
@@ -73,15 +73,7 @@ def ed25519_public_string(key: Ed25519PublicKey) -> str:
 
 
 def _read_key_file(path: str | os.PathLike[str]) -> bytes:
-    p = Path(path)
-    try:
-        with p.open("rb") as f:
-            data = f.read(MAX_KEY_FILE + 1)
-    except OSError as e:
-        raise KeyFileError(f"cannot read key file {p}: {e.strerror}") from None
-    if len(data) > MAX_KEY_FILE:
-        raise KeyFileError(f"{p} is too large to be a key file")
-    return data
+    return read_small_file(path, MAX_KEY_FILE, "key file", KeyFileError)
 
 
 def parse_mek(data: bytes) -> bytes | None:

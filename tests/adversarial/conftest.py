@@ -7,31 +7,15 @@ allocated, an HPKE decryption, a scrypt run, a call to the vault.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from modelseal import memory
 from modelseal.recipients import passphrase as passphrase_mod
 from modelseal.recipients import x25519 as x25519_mod
 
 from .forge import Sample, seal_sample
-
-
-@pytest.fixture
-def plain_buffers(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[memory.PlainBuffer]]:
-    """Every plaintext buffer open() allocates (it must allocate none for a hostile header)."""
-    made: list[memory.PlainBuffer] = []
-    original = memory.PlainBuffer.__init__
-
-    def recording(self: memory.PlainBuffer, size: int) -> None:
-        original(self, size)
-        made.append(self)
-
-    monkeypatch.setattr(memory.PlainBuffer, "__init__", recording)
-    yield made
 
 
 class CountingSuite:

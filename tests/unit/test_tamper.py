@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,20 +14,6 @@ from modelseal.format.header import PREAMBLE_SIZE, TAG_SIZE
 
 CHUNK = 4096
 REJECTED = (modelseal.FormatError, modelseal.IntegrityError, modelseal.NoMatchingIdentityError)
-
-
-@pytest.fixture
-def buffers(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[memory.PlainBuffer]]:
-    """Records every plaintext buffer open() allocates, to check failures leave them closed."""
-    made: list[memory.PlainBuffer] = []
-    original = memory.PlainBuffer.__init__
-
-    def recording(self: memory.PlainBuffer, size: int) -> None:
-        original(self, size)
-        made.append(self)
-
-    monkeypatch.setattr(memory.PlainBuffer, "__init__", recording)
-    yield made
 
 
 @pytest.fixture
@@ -55,7 +40,7 @@ def test_every_header_bit_flip_is_rejected_before_any_chunk(
     tmp_path: Path,
     sealed: tuple[bytes, bytes, int],
     decrypt_calls: list[int],
-    buffers: list[memory.PlainBuffer],
+    plain_buffers: list[memory.PlainBuffer],
 ) -> None:
     data, mek, header_length = sealed
     path = tmp_path / "t.mseal"
@@ -65,7 +50,7 @@ def test_every_header_bit_flip_is_rejected_before_any_chunk(
         err = _try_open(path, bytes(flipped), mek)
         assert isinstance(err, REJECTED), f"bit {bit} accepted"
     assert decrypt_calls == [], "a chunk was decrypted despite a bad header"
-    assert buffers == [], "a plaintext buffer was allocated despite a bad header"
+    assert plain_buffers == [], "a plaintext buffer was allocated despite a bad header"
 
 
 def test_header_flips_with_the_right_key_are_integrity_errors(
@@ -107,7 +92,7 @@ def test_changed_version_chunk_size_and_length_fields(
 
 
 def test_random_payload_bit_flips(
-    tmp_path: Path, sealed: tuple[bytes, bytes, int], buffers: list[memory.PlainBuffer]
+    tmp_path: Path, sealed: tuple[bytes, bytes, int], plain_buffers: list[memory.PlainBuffer]
 ) -> None:
     data, mek, header_length = sealed
     path = tmp_path / "t.mseal"
@@ -117,7 +102,7 @@ def test_random_payload_bit_flips(
         flipped = bytearray(data)
         flipped[bit // 8] ^= 1 << (bit % 8)
         assert isinstance(_try_open(path, bytes(flipped), mek), modelseal.IntegrityError), bit
-    assert buffers and all(b.closed for b in buffers)
+    assert plain_buffers and all(b.closed for b in plain_buffers)
 
 
 def _chunks(data: bytes, header_length: int) -> list[bytes]:
@@ -167,7 +152,7 @@ def test_wrong_key_fails_at_the_header(
     tmp_path: Path,
     sealed: tuple[bytes, bytes, int],
     decrypt_calls: list[int],
-    buffers: list[memory.PlainBuffer],
+    plain_buffers: list[memory.PlainBuffer],
 ) -> None:
     data, _, _ = sealed
     path = tmp_path / "t.mseal"
@@ -181,7 +166,7 @@ def test_wrong_key_fails_at_the_header(
             modelseal.open(path, wrong)
     with pytest.raises(modelseal.NoMatchingIdentityError):
         modelseal.verify(path, modelseal.MEK(modelseal.keygen()))
-    assert decrypt_calls == [] and buffers == []
+    assert decrypt_calls == [] and plain_buffers == []
 
 
 def test_stripped_signature_is_detected(tmp_path: Path, mek: bytes) -> None:
@@ -199,7 +184,7 @@ def test_stripped_signature_is_detected(tmp_path: Path, mek: bytes) -> None:
 
 
 def test_signed_digest_that_does_not_match_the_payload_releases_nothing(
-    tmp_path: Path, mek: bytes, buffers: list[memory.PlainBuffer]
+    tmp_path: Path, mek: bytes, plain_buffers: list[memory.PlainBuffer]
 ) -> None:
     """Even a MEK holder with a valid signature over a core cannot pass off another payload."""
     import dataclasses
@@ -219,7 +204,7 @@ def test_signed_digest_that_does_not_match_the_payload_releases_nothing(
     (tmp_path / "f.mseal").write_bytes(forged.encode() + data[header.header_length :])
     with pytest.raises(modelseal.SignatureError, match="not the one the owner signed"):
         modelseal.open(tmp_path / "f.mseal", modelseal.MEK(mek), signer=owner.public_key())
-    assert buffers and all(b.closed for b in buffers)
+    assert plain_buffers and all(b.closed for b in plain_buffers)
     with pytest.raises(modelseal.SignatureError):
         modelseal.verify(tmp_path / "f.mseal", modelseal.MEK(mek), owner.public_key())
     modelseal.open(tmp_path / "f.mseal", modelseal.MEK(mek)).close()  # without a signer it is just a MEK file

@@ -17,6 +17,7 @@ from typing import Any
 
 import modelseal
 from modelseal.errors import OutputError, UsageError
+from modelseal.fileio import read_small_file
 
 from .main import AddParser, CliError, add_command
 
@@ -28,14 +29,7 @@ def _notice(message: str) -> None:
 
 
 def _read(path: str, what: str, limit: int = 64 << 10) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
-    except OSError as e:
-        raise UsageError(f"cannot read {what} {path}: {e.strerror}") from None
-    if len(data) > limit:
-        raise UsageError(f"{what} {path} is larger than {limit} bytes")
-    return data
+    return read_small_file(path, limit, what, UsageError)
 
 
 def _write(path: str, data: bytes) -> None:

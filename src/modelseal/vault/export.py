@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ..errors import FormatError, IntegrityError, KeyFileError, NoMatchingIdentityError
+from ..fileio import read_small_file
 from ..keyfiles import X25519_PREFIX, parse_recipient
 from ..recipients import X25519Identity
 from . import protocol
@@ -244,14 +245,7 @@ def parse_bundle(data: bytes) -> tuple[dict[str, Any], bytes]:
 
 
 def read_bundle(path: str | os.PathLike[str]) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_BUNDLE + 1)
-    except OSError as e:
-        raise KeyFileError(f"cannot read key export bundle {path}: {e.strerror}") from None
-    if len(data) > MAX_BUNDLE:
-        raise FormatError(f"{path} is too large to be a key export bundle")
-    return data
+    return read_small_file(path, MAX_BUNDLE, "key export bundle", KeyFileError)
 
 
 def open_bundle(bundle: bytes | str | os.PathLike[str], identity: X25519Identity) -> ExportedKey:
