@@ -1,15 +1,17 @@
 # Quick start: `make demo` then `make test`. Both create .venv on first use and reuse it while
-# pyproject.toml is unchanged.
+# pyproject.toml and the lock are unchanged.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-PIP := $(BIN)/pip install --quiet --disable-pip-version-check
+# The versions the suite last passed with (scripts/lock.py): every install here goes through it.
+LOCK := constraints.txt
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check -c $(LOCK)
 DEMO_STAMP := $(VENV)/.demo-stamp
 TEST_STAMP := $(VENV)/.test-stamp
 # Everything the test suite exercises: runtimes, Crypto-fs, the demo model (dev has matplotlib for the bench report).
 TEST_EXTRAS := dev,demo,onnxruntime,openvino,torch,safetensors,cfs,device,vault
 
-.PHONY: demo test test-slow soak lint typecheck system-deps bench vectors clean
+.PHONY: demo test test-latest lock test-slow soak lint typecheck system-deps bench vectors clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +19,7 @@ $(VENV)/bin/python:
 # The demo's edge part wants nginx (the gateway) and FUSE (Crypto-fs); as root they are installed
 # when missing, otherwise the demo says so and goes direct to the vault / uses `cfs run`.
 DEMO_SYSTEM_PACKAGES := libfuse3-dev fuse3 pkg-config gcc nginx
-$(DEMO_STAMP): pyproject.toml | $(VENV)/bin/python
+$(DEMO_STAMP): pyproject.toml $(LOCK) | $(VENV)/bin/python
 	@if [ "$$(id -u)" = 0 ] && { ! pkg-config --exists fuse3 2>/dev/null || [ ! -x /usr/sbin/nginx ]; }; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEMO_SYSTEM_PACKAGES) >/dev/null \
 	  || echo "modelseal: could not install $(DEMO_SYSTEM_PACKAGES); the demo falls back"; \
@@ -42,7 +44,7 @@ system-deps:
 	  fi; \
 	fi
 
-$(TEST_STAMP): pyproject.toml | $(VENV)/bin/python system-deps
+$(TEST_STAMP): pyproject.toml $(LOCK) | $(VENV)/bin/python system-deps
 	$(PIP) -e '.[$(TEST_EXTRAS)]'
 	touch $@
 
@@ -58,6 +60,22 @@ typecheck: $(TEST_STAMP)
 
 test: lint typecheck
 	$(BIN)/pytest -q
+
+# The suite on the newest releases (not in CI): a separate venv without the lock, then what differs
+# from it. When it passes and the new versions are wanted, `make lock` pins them.
+LATEST := .venv-latest
+test-latest: system-deps
+	rm -rf $(LATEST) && $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install --quiet --disable-pip-version-check --upgrade -e '.[$(TEST_EXTRAS)]'
+	@echo "== versions that differ from $(LOCK):"
+	@$(LATEST)/bin/python scripts/lock.py drift $(LOCK)
+	$(LATEST)/bin/ruff check src tests bench scripts
+	$(LATEST)/bin/mypy
+	$(LATEST)/bin/pytest -q
+
+# Pin what the current .venv holds (after a green `make test`, or in .venv-latest after test-latest).
+lock:
+	$(BIN)/python scripts/lock.py write $(LOCK)
 
 # Long variants (multi-GiB models); CI runs them after `make test`.
 test-slow: $(TEST_STAMP)
@@ -104,4 +122,4 @@ bench: $(TEST_STAMP)
 	$(BIN)/python bench/report.py --results $(BENCH_RESULTS)
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis demo-output
+	rm -rf $(VENV) $(LATEST) build dist src/*.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis demo-output

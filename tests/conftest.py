@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,6 +13,12 @@ from modelseal import memory
 from modelseal.format.stream import PayloadCipher
 
 __all__ = ["pytest_make_collect_report", "pytest_runtest_makereport"]  # hooks, found by name
+
+# Tests import the runtimes directly too (to build models and compare): keep those imports as quiet
+# as modelseal's own loaders make them (modelseal.runtimes._common), so a test run writes nothing in
+# ~/.cache/Microsoft or ~/intel and sends nothing. Subprocesses get neither; the strace tests rely on it.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
 
 
 def random_file(path: Path, size: int) -> bytes:

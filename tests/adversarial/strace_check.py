@@ -16,12 +16,14 @@ from pathlib import Path
 WRITES = ("write", "pwrite64", "writev", "pwritev", "pwritev2")
 # Syscalls that move data between descriptors without a user buffer strace could show.
 MOVES = ("sendfile", "sendfile64", "copy_file_range", "splice", "tee", "vmsplice")
-TRACED = ",".join([*WRITES, *MOVES, "openat", "open", "creat", "openat2"])
+TRACED = ",".join([*WRITES, *MOVES, "openat", "open", "creat", "openat2", "connect", "sendto", "sendmsg"])
 WINDOW = 64
 
 _CALL = re.compile(r"^(?P<pid>\d+) +(?:<\.\.\. )?(?P<name>[a-z0-9_]+)\((?P<args>.*)$")
 _FD = re.compile(r"^(?P<fd>-?\d+|AT_FDCWD)(?:<(?P<path>(?:\\x[0-9a-f]{2})*)>)?")
 _STRING = re.compile(r'"(?P<hex>(?:\\x[0-9a-f]{2})*)"(?P<cut>\.\.\.)?')
+_FAMILY = re.compile(r"sa_family=(?P<family>AF_[A-Z0-9]+)")
+_SUN_PATH = re.compile(r'sun_path=(?:@)?"(?P<hex>(?:\\x[0-9a-f]{2})*)"')
 _WRITE_FLAGS = re.compile(r"\bO_(?:WRONLY|RDWR|CREAT|TRUNC|APPEND)\b")
 
 
@@ -67,9 +69,20 @@ class Open:
 
 
 @dataclass
+class Connect:
+    """A connect() (or a sendto/sendmsg naming an address): the family and, for AF_UNIX, the path."""
+
+    pid: int
+    syscall: str
+    family: str
+    path: str | None
+
+
+@dataclass
 class Trace:
     writes: list[Write] = field(default_factory=list)
     opens: list[Open] = field(default_factory=list)
+    connects: list[Connect] = field(default_factory=list)
     moves: list[str] = field(default_factory=list)  # raw lines of sendfile & co.
     lines: int = 0
 
@@ -93,6 +106,13 @@ def parse(log: Path) -> Trace:
                 strings = list(_STRING.finditer(args))
                 data = b"".join(_unhex(s.group("hex")) for s in strings)
                 trace.writes.append(Write(pid, name, path, data, any(s.group("cut") for s in strings)))
+            elif name in ("connect", "sendto", "sendmsg"):
+                family = _FAMILY.search(args)
+                if family is None:
+                    continue  # a send on an already connected socket: its connect() was recorded
+                sun = _SUN_PATH.search(args)
+                path = _unhex(sun.group("hex")).decode("utf-8", "replace") if sun else None
+                trace.connects.append(Connect(pid, name, family.group("family"), path))
             elif name in MOVES:
                 trace.moves.append(line.rstrip())
             elif name in ("openat", "open", "creat", "openat2"):

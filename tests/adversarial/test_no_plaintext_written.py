@@ -14,6 +14,11 @@ writing, or if a copy syscall touches a file. A control run of a deliberately le
 the checker finds what it looks for; in the cfs run trace, the memfd fill itself is the positive
 control (the plaintext is seen going into the memfd, and nowhere else).
 
+Neither load may connect anywhere: every connect() (and every sendto/sendmsg naming an address) is
+traced, and only unix sockets the caller named would be allowed (these loads name none). The children
+run without ORT_DISABLE_TELEMETRY in their environment, so it is modelseal that switches ONNX
+Runtime's telemetry off (it would otherwise write ~/.cache/Microsoft/... and try HTTPS uploads).
+
 The children run with PYTHONDONTWRITEBYTECODE=1: Python's own .pyc cache writes are not plaintext,
 but they would be files opened for writing, which this test refuses outright.
 """
@@ -51,7 +56,8 @@ def _need_strace(tmp_path: Path) -> None:
 
 
 def _child_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    return {**env, "PYTHONDONTWRITEBYTECODE": "1"}
 
 
 def _traced(tmp_path: Path, name: str, argv: list[str], timeout: float = 300) -> tuple[Trace, str]:
@@ -68,7 +74,9 @@ def _traced(tmp_path: Path, name: str, argv: list[str], timeout: float = 300) ->
     return parse(log), r.stdout
 
 
-def _assert_nothing_leaked(trace: Trace, needle: Needle, what: str, *, read: Path) -> None:
+def _assert_nothing_leaked(
+    trace: Trace, needle: Needle, what: str, *, read: Path, sockets: frozenset[str] = frozenset()
+) -> None:
     # The trace covers the process that read the model (else it proves nothing).
     assert str(read) in {o.path for o in trace.opens if not o.writing}, f"{what}: {read} never opened"
     leaks = [w for w in writes_carrying(trace, needle) if fd_kind(w.fd_path) != "memfd"]
@@ -82,6 +90,8 @@ def _assert_nothing_leaked(trace: Trace, needle: Needle, what: str, *, read: Pat
     written = sorted({o.path for o in trace.opens if o.writing and fd_kind(o.path) in ("file", "unknown")})
     assert not written, f"{what}: files opened for writing: {written}"
     assert not trace.moves, f"{what}: data copied between descriptors: {trace.moves[:3]}"
+    outside = [(c.syscall, c.family, c.path) for c in trace.connects if c.path not in sockets]
+    assert not outside, f"{what}: connections the caller did not ask for: {outside[:5]}"
 
 
 def _onnx_model() -> tuple[bytes, Any, Any]:
@@ -158,6 +168,64 @@ def test_open_and_onnxruntime_session_write_no_plaintext(
     _assert_nothing_leaked(trace, Needle(plaintext), "open + onnxruntime", read=sealed)
 
 
+OPENVINO_CHILD = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import modelseal
+    from modelseal.runtimes import openvino as sealed_ov
+    compiled = sealed_ov.compile_model(
+        sys.argv[1], modelseal.load_identity(sys.argv[2]), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+    )
+    y = compiled(np.ones((1, SIDE), np.float32))[0]
+    print(json.dumps({"y": np.asarray(y).ravel().tolist()}))
+    """
+).replace("SIDE", str(SIDE))
+
+TORCH_CHILD = textwrap.dedent(
+    """
+    import json, sys
+    import modelseal
+    from modelseal.runtimes import torch as sealed_torch
+    state = sealed_torch.load(sys.argv[1], modelseal.load_identity(sys.argv[2]))
+    y = state["W"].sum(dim=0) + state["b"]
+    print(json.dumps({"y": y.tolist()}))
+    """
+)
+
+
+def test_openvino_compile_writes_and_connects_nothing(
+    tmp_path: Path, sealed_onnx: tuple[Path, Path, bytes, Any]
+) -> None:
+    """OpenVINO's runtime (unlike its ovc converter, which uses openvino-telemetry) stays quiet."""
+    _need_strace(tmp_path)
+    pytest.importorskip("openvino", reason="openvino not installed (extra: openvino)")
+    np = pytest.importorskip("numpy")
+    sealed, mek, plaintext, expected = sealed_onnx
+    trace, out = _traced(tmp_path, "ov", [sys.executable, "-c", OPENVINO_CHILD, str(sealed), str(mek)])
+    np.testing.assert_allclose(np.array(json.loads(out)["y"]), expected, rtol=1e-4, atol=1e-3)
+    _assert_nothing_leaked(trace, Needle(plaintext), "openvino compile", read=sealed)
+
+
+def test_torch_load_writes_and_connects_nothing(tmp_path: Path) -> None:
+    _need_strace(tmp_path)
+    torch = pytest.importorskip("torch", reason="torch not installed (extra: torch)")
+    np = pytest.importorskip("numpy")
+    state = {"W": torch.randn(SIDE, SIDE), "b": torch.randn(SIDE)}
+    plain = tmp_path / "weights.pt"
+    torch.save(state, plain)
+    plaintext = plain.read_bytes()
+    mek = tmp_path / "MEK.dat"
+    modelseal.write_mek(modelseal.keygen(), mek)
+    sealed = tmp_path / "weights.pt.mseal"
+    modelseal.seal(plain, sealed, mek=modelseal.load_mek(mek))
+    plain.unlink()
+    trace, out = _traced(tmp_path, "torch", [sys.executable, "-c", TORCH_CHILD, str(sealed), str(mek)])
+    expected = (state["W"].sum(dim=0) + state["b"]).numpy()
+    np.testing.assert_allclose(np.array(json.loads(out)["y"]), expected, rtol=1e-5, atol=1e-4)
+    _assert_nothing_leaked(trace, Needle(plaintext), "torch load", read=sealed)
+
+
 def test_cfs_run_writes_no_plaintext_outside_its_memfd(
     tmp_path: Path, sealed_onnx: tuple[Path, Path, bytes, Any]
 ) -> None:
@@ -193,3 +261,25 @@ def test_the_checker_catches_a_leaky_child(tmp_path: Path) -> None:
     needle = Needle(plaintext)
     assert not needle.found_in(b"x" + plaintext[5:68] + b"y")
     assert all(needle.found_in(b"ab" + plaintext[k : k + WINDOW] + b"cd") for k in (0, 1, 31, 32, 33, 999))
+
+
+def test_the_checker_catches_a_child_that_connects(tmp_path: Path) -> None:
+    """Negative control for the connection check: TCP to loopback and a unix socket nobody named."""
+    _need_strace(tmp_path)
+    (tmp_path / "secret").write_bytes(os.urandom(1 << 12))
+    dial = (
+        "import socket, sys; open(sys.argv[1], 'rb').read()\n"
+        "for family, address in ((socket.AF_INET, ('127.0.0.1', 9)), (socket.AF_UNIX, sys.argv[2])):\n"
+        "    s = socket.socket(family)\n"
+        "    try: s.connect(address)\n"
+        "    except OSError: pass\n"
+        "    s.close()\n"
+    )
+    sock = str(tmp_path / "agent.sock")
+    trace, _ = _traced(tmp_path, "dial", [sys.executable, "-c", dial, "secret", sock])
+    assert {(c.family, c.path) for c in trace.connects} == {("AF_INET", None), ("AF_UNIX", sock)}
+    needle = Needle(os.urandom(WINDOW))
+    with pytest.raises(AssertionError, match="connections the caller did not ask for"):
+        _assert_nothing_leaked(trace, needle, "dialling child", read=tmp_path / "secret")
+    with pytest.raises(AssertionError, match="AF_INET"):
+        _assert_nothing_leaked(trace, needle, "dialler", read=tmp_path / "secret", sockets=frozenset({sock}))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib
 import io
+import os
 import posixpath
+import sys
 from collections.abc import Iterable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -18,8 +20,28 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
 
+def _quiet_onnxruntime() -> None:
+    # ONNX Runtime >= 1.32 records 1DS telemetry (a device id, host facts) in
+    # ~/.cache/Microsoft/DeveloperTools and tries HTTPS uploads unless this is set before import.
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+
+def _quiet_openvino() -> None:
+    # `import openvino` imports its model converter (ovc), which starts openvino-telemetry: it writes
+    # ~/intel/{openvino_ga_cid,stats} and sends Google Analytics events unless ~/intel/openvino_telemetry
+    # says no. Marking the package absent makes ovc fall back to its own no-op stub; modelseal never
+    # converts models, and the runtime itself sends nothing.
+    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+
+
+# Run before a runtime is first imported through modelseal; a setting the user made is left alone.
+_BEFORE_IMPORT = {"onnxruntime": _quiet_onnxruntime, "openvino": _quiet_openvino}
+
+
 def require(module: str, extra: str) -> ModuleType:
-    """Import an optional runtime, or say which extra provides it."""
+    """Import an optional runtime (with its phone-home switched off), or say which extra provides it."""
+    if module not in sys.modules and module in _BEFORE_IMPORT:
+        _BEFORE_IMPORT[module]()
     try:
         return importlib.import_module(module)
     except ImportError:
