@@ -94,6 +94,13 @@ class MemoryLockError(ModelSealError):
     exit_code = 10
 
 
+class MemoryLimitError(ModelSealError):
+    """The model needs more memory than this process may use (cgroup limit, RLIMIT_AS): refused
+    before anything is decrypted, instead of an OOM kill half-way."""
+
+    exit_code = 10
+
+
 class LeaseLostError(ModelSealError):
     """The key service withdrew an open model's lease (device revoked, licence ended, vault gone).
 

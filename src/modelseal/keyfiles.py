@@ -30,8 +30,8 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_public_key,
 )
 
-from .errors import KeyFileError
-from .fileio import atomic_write_bytes, read_small_file
+from .errors import KeyFileError, UsageError
+from .fileio import atomic_write_bytes, exists_error, read_small_file
 from .recipients import MEK, X25519Identity, X25519Recipient
 from .recipients.x25519 import public_bytes
 
@@ -159,18 +159,25 @@ def parse_recipient(value: str) -> X25519Recipient:
     raise KeyFileError(f"{value}: no X25519 public key found (text form, PEM, or 32 raw bytes)")
 
 
-def write_x25519_identity(identity: X25519Identity, path: str | os.PathLike[str]) -> str:
-    """Write the identity (PEM, 0600, with its public recipient as a comment); return the recipient."""
+def write_x25519_identity(
+    identity: X25519Identity, path: str | os.PathLike[str], *, overwrite: bool = False
+) -> str:
+    """Write the identity (PEM, 0600, with its public recipient as a comment); return the recipient.
+
+    An existing file is an :class:`OutputError` unless ``overwrite``: a key is never lost by accident.
+    """
     recipient = x25519_recipient_string(identity.recipient)
     pem = identity.private_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-    atomic_write_bytes(
-        path, f"# modelseal X25519 identity\n# public key: {recipient}\n".encode() + pem, 0o600
-    )
+    text = f"# modelseal X25519 identity\n# public key: {recipient}\n".encode() + pem
+    atomic_write_bytes(path, text, 0o600, overwrite=overwrite)
     return recipient
 
 
-def write_mek(key: bytes, path: str | os.PathLike[str], *, hex_form: bool = False) -> None:
-    atomic_write_bytes(path, key.hex().encode() + b"\n" if hex_form else key, 0o600)
+def write_mek(
+    key: bytes, path: str | os.PathLike[str], *, hex_form: bool = False, overwrite: bool = False
+) -> None:
+    """Write a MEK file (0600, raw or hex); an existing file is an error unless ``overwrite``."""
+    atomic_write_bytes(path, key.hex().encode() + b"\n" if hex_form else key, 0o600, overwrite=overwrite)
 
 
 def load_signer(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
@@ -202,11 +209,37 @@ def load_signer_public(value: str | os.PathLike[str]) -> Ed25519PublicKey:
     raise KeyFileError(f"{value}: no Ed25519 public key found")
 
 
-def write_signer(key: Ed25519PrivateKey, path: str | os.PathLike[str]) -> tuple[Path, str]:
-    """Write owner.key (PEM, 0600) and owner.pub (text form); return the .pub path and text."""
+def signer_public_path(path: str | os.PathLike[str]) -> Path:
+    """Where :func:`write_signer` puts the public half of the key written to ``path``."""
+    return Path(path).with_suffix(".pub")
+
+
+def write_signer(
+    key: Ed25519PrivateKey, path: str | os.PathLike[str], *, overwrite: bool = False
+) -> tuple[Path, str]:
+    """Write owner.key (PEM, 0600) and owner.pub (text form); return the .pub path and text.
+
+    Neither file is written if either exists (unless ``overwrite``), and a failure writing the
+    public half removes the private half this call wrote.
+    """
+    private_path, pub_path = Path(path), signer_public_path(path)
+    if pub_path == private_path:
+        raise UsageError(
+            f"{path} ends in .pub, where the public key goes: name the private key file otherwise "
+            "(e.g. owner.key, which writes owner.key and owner.pub)"
+        )
+    if not overwrite:
+        for target in (private_path, pub_path):
+            if target.exists() or target.is_symlink():
+                raise exists_error(target)
     public = ed25519_public_string(key.public_key())
     pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-    atomic_write_bytes(path, f"# modelseal owner signer key\n# public key: {public}\n".encode() + pem, 0o600)
-    pub_path = Path(path).with_suffix(".pub")
-    atomic_write_bytes(pub_path, (public + "\n").encode(), 0o644)
+    header = f"# modelseal owner signer key\n# public key: {public}\n".encode()
+    atomic_write_bytes(private_path, header + pem, 0o600, overwrite=overwrite)
+    try:
+        atomic_write_bytes(pub_path, (public + "\n").encode(), 0o644, overwrite=overwrite)
+    except BaseException:
+        if not overwrite:
+            private_path.unlink(missing_ok=True)
+        raise
     return pub_path, public

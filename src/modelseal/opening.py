@@ -23,17 +23,21 @@ from .format import manifest
 from .format.header import PREAMBLE_SIZE, Header, parse_header, parse_preamble
 from .format.manifest import Manifest, ManifestEntry
 from .format.stream import PayloadCipher
+from .memlimits import check_room
 from .memlock import LockPolicy
 from .memory import PlainBuffer, PlainSink
-from .payload import decrypt_stream, hash_stream
+from .payload import decrypt_stream, hash_stream, staging_bytes
 from .progress import Progress, no_progress
 from .recipients import Identity
+from .rewriting import recover_in_place
 from .signing import check_signature
 
 Identities = Identity | Sequence[Identity]
 
 
 def open_sealed_file(path: str | os.PathLike[str]) -> io.FileIO:
+    """The sealed file, unbuffered; an in-place rewrap that was interrupted is finished first."""
+    recover_in_place(path)
     try:
         return Path(path).open("rb", buffering=0)
     except OSError as e:
@@ -207,7 +211,9 @@ def open_into(
         check_size(f, header)
         contents = _manifest(header, unlocked)
         size = header.core.payload_length
-        # A required lock that cannot fit fails here, before any allocation or decryption.
+        # The plaintext and the reader's staging buffers; a model that cannot fit fails here, as
+        # does a required lock that cannot, before any allocation or decryption.
+        check_room(size + staging_bytes(header.core.chunk_size), f"opening {Path(path).name}")
         want_lock = lock is not None and lock.precheck(size)
         plain = PlainBuffer(size) if allocate is None else allocate(contents, size)
         try:

@@ -55,6 +55,11 @@ def _groups(cipher: PayloadCipher) -> list[_Group]:
     return groups
 
 
+def staging_bytes(chunk_size: int) -> int:
+    """The most memory a scan needs beside the caller's sink: the ring, or one chunk when serial."""
+    return max(_RING_BUDGET, chunk_size + TAG_SIZE)
+
+
 def _pipelined(groups: list[_Group], slot_size: int) -> bool:
     return len(groups) > 1 and slot_size * _RING_SLOTS <= _RING_BUDGET
 

@@ -64,7 +64,9 @@ def wrap_mek(
 ) -> list[Path]:
     """Write ``deviceN/{MEK.encrypt,MEK.nonce,MEK.pub,MEK.device}`` and ``config.json`` under ``output_dir``.
 
-    N is the device number the session key file names (``# device: N``), else its position.
+    N is the device number the session key file names (``# device: N``), else its position. Files
+    already there are replaced: a wrap is no secret (only the session's private key opens it), and
+    re-running after a card reset is the flow.
     """
     if not recipients:
         raise UsageError("wrap-mek needs at least one device public key")
@@ -78,10 +80,10 @@ def wrap_mek(
         stanza = authenticate_stanza(mek.key, stanza)
         folder = root / f"device{recipient.slot}"  # the slot alphabet keeps this inside root
         folder.mkdir(exist_ok=True)
-        atomic_write_bytes(folder / "MEK.encrypt", stanza.body)
-        atomic_write_bytes(folder / "MEK.nonce", stanza.mac)
-        atomic_write_bytes(folder / "MEK.pub", public_bytes(recipient.public_key))
-        atomic_write_bytes(folder / "MEK.device", recipient.slot.encode() + b"\n")
+        atomic_write_bytes(folder / "MEK.encrypt", stanza.body, overwrite=True)
+        atomic_write_bytes(folder / "MEK.nonce", stanza.mac, overwrite=True)
+        atomic_write_bytes(folder / "MEK.pub", public_bytes(recipient.public_key), overwrite=True)
+        atomic_write_bytes(folder / "MEK.device", recipient.slot.encode() + b"\n", overwrite=True)
         folders.append(folder)
         devices.append(
             {
@@ -92,7 +94,7 @@ def wrap_mek(
             }
         )
     config = {"format": CONFIG_FORMAT, "version": VERSION, "devices": devices}
-    atomic_write_bytes(root / "config.json", json.dumps(config, indent=2).encode() + b"\n")
+    atomic_write_bytes(root / "config.json", json.dumps(config, indent=2).encode() + b"\n", overwrite=True)
     return folders
 
 

@@ -18,6 +18,7 @@ EXPECTED = {
     "LeasedHandle",
     "LeaseLostError",
     "LeasePolicy",
+    "MemoryLimitError",
     "MemoryLockError",
     "ModelSealError",
     "NoMatchingIdentityError",

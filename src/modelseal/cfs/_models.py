@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 import modelseal
 from modelseal import Identity, SealedModel, UsageError
 
+from ..memlimits import check_room
 from ..memlock import LockPolicy
 
 Layout = Literal["merge", "per-model"]
@@ -90,10 +91,12 @@ def open_models(
     layout: Layout = "merge",
     lock: LockPolicy | None = None,
     lock_views: bool = True,
+    copies: int = 1,
 ) -> OpenedModels:
     """Authenticate and decrypt every model completely, lock the plaintext, and plan the tree.
 
     Raises before returning if any model fails a check, so a caller never serves a byte of it.
+    ``copies`` is how many times the plaintext will be held at once (for the memory check).
     ``lock_views=False`` only prechecks the limit: for callers that copy the plaintext elsewhere
     and lock that copy instead.
     """
@@ -108,8 +111,12 @@ def open_models(
             if name in prefixes[:i]:
                 raise UsageError(f"two sealed models would both be served as folder {name!r}")
     lock = lock or LockPolicy()
-    # Keyless header read: a --require-mlock refusal comes before any decryption work.
-    lock.precheck(sum(modelseal.inspect(p).payload_length for p in paths))
+    # Keyless header reads: a model set that cannot fit in memory (``copies`` times: cfs run holds
+    # its memfds beside the plaintext until all are filled), or a --require-mlock refusal, comes
+    # before any decryption work.
+    total = sum(modelseal.inspect(p).payload_length for p in paths)
+    check_room(copies * total, f"serving {len(paths)} model(s)")
+    lock.precheck(total)
     opened: list[SealedModel] = []
     try:
         planned: list[tuple[str, Path]] = []

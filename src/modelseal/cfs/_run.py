@@ -104,7 +104,9 @@ def run(
     if not argv:
         raise UsageError("give the command to run after --")
     policy = lock or LockPolicy(require=require_mlock)
-    opened = open_models(sealed, identity, signer=signer, layout=layout, lock=policy, lock_views=False)
+    opened = open_models(
+        sealed, identity, signer=signer, layout=layout, lock=policy, lock_views=False, copies=2
+    )
     fds: list[int] = []
     pins: list[_PinnedMemfd] = []
     links: Path | None = None

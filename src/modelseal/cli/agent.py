@@ -90,4 +90,4 @@ def add_commands(add: AddParser) -> None:
     p.add_argument("--rate", type=float, default=20.0, help="requests/s per caller (default 20)")
     p.add_argument("--burst", type=int, default=40, help="burst per caller (default 40)")
     p.add_argument("--total-rate", type=float, default=500.0, help="requests/s for all callers (default 500)")
-    p.set_defaults(func=cmd_serve)
+    p.set_defaults(func=cmd_serve, own_signals=True)

@@ -32,10 +32,10 @@ def _read(path: str, what: str, limit: int = 64 << 10) -> bytes:
     return read_small_file(path, limit, what, UsageError)
 
 
-def _write(path: str, data: bytes) -> None:
+def _write(path: str, data: bytes, force: bool) -> None:
     from modelseal.fileio import atomic_write_bytes
 
-    atomic_write_bytes(path, data, 0o644)
+    atomic_write_bytes(path, data, 0o644, overwrite=force)
 
 
 _TOKEN_FLAGS = (
@@ -131,7 +131,7 @@ def cmd_attest(args: argparse.Namespace) -> None:
 
     request = _read(args.attestation_request, "attestation request")
     data = device.attest(args.ip, args.port, args.device, request, timeout=args.timeout)
-    _write(args.attestation_report, data)
+    _write(args.attestation_report, data, args.force)
     if args.print_json:
         print(json.dumps(device.Report.from_bytes(data).as_dict(), indent=2))
     _notice(f"wrote the attestation report of device {args.device} to {args.attestation_report}")
@@ -148,7 +148,7 @@ def cmd_verify(args: argparse.Namespace) -> None:
         measurement=device.parse_measurement(args.measurement) if args.measurement else None,
         max_age=args.max_age,
     )
-    key.write(args.output)
+    key.write(args.output, overwrite=args.force)
     if args.json:
         print(json.dumps({"device": key.device_id, "session": key.session_counter, "recipient": key.text}))
     else:
@@ -297,7 +297,7 @@ def add_commands(add: AddParser) -> None:
     p.add_argument("--measurement", metavar="HEX", help="report this value instead of measuring the code")
     p.add_argument("--signer", metavar="PUB", help="load only models signed by this owner")
     _token_args(p, required=False, title="or an identity key kept in a PKCS#11 token (`device keygen`)")
-    p.set_defaults(func=cmd_serve)
+    p.set_defaults(func=cmd_serve, own_signals=True)
 
     p = add_sub(
         "keygen",
@@ -326,6 +326,7 @@ def add_commands(add: AddParser) -> None:
         help="where to write the signed report (default report.dat)",
     )  # fmt: skip
     p.add_argument("-j", "--print-json", "--print_json", action="store_true", help="also print it as JSON")
+    p.add_argument("-f", "--force", action="store_true", help="replace an existing report file")
     p.set_defaults(func=cmd_attest)
 
     p = add_sub(
@@ -343,6 +344,7 @@ def add_commands(add: AddParser) -> None:
     p.add_argument("--measurement", metavar="HEX", help="require this software measurement")
     p.add_argument("--max-age", type=float, default=300.0, metavar="S", help="oldest report accepted (300)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("-f", "--force", action="store_true", help="replace an existing session key file")
     p.set_defaults(func=cmd_verify)
 
     p = add_sub(

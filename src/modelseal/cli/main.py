@@ -7,10 +7,14 @@ with --verbose. Secrets are never taken from argv: passphrases come from a file 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import getpass
 import json
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +42,7 @@ EXIT_CODES = """exit codes:
   15 vault sealed or unreachable
   16 vault audit chain broken
   17 lease lost: the vault revoked this device or its licence ended (model closed)
-  130 interrupted
+  129 stopped by SIGHUP, 130 by Ctrl-C (SIGINT), 143 by SIGTERM: nothing partial is left behind
 """
 
 SEED_TABLE = """seed workflow (qaic-encrypt) -> modelseal:
@@ -124,13 +128,13 @@ def _print_json(data: Any) -> None:
 
 def cmd_keygen(args: argparse.Namespace) -> None:
     key = modelseal.keygen(args.bits)
-    modelseal.write_mek(key, args.output, hex_form=args.hex)
+    modelseal.write_mek(key, args.output, hex_form=args.hex, overwrite=args.force)
     print(f"wrote a {args.bits}-bit MEK to {args.output} ({'hex' if args.hex else 'raw'})", file=sys.stderr)
 
 
 def cmd_identity(args: argparse.Namespace) -> None:
     identity = modelseal.generate_identity()
-    recipient = modelseal.write_x25519_identity(identity, args.output)
+    recipient = modelseal.write_x25519_identity(identity, args.output, overwrite=args.force)
     print(f"wrote X25519 identity to {args.output}; its public recipient:", file=sys.stderr)
     print(recipient)
 
@@ -140,7 +144,7 @@ def cmd_recipient(args: argparse.Namespace) -> None:
 
 
 def cmd_signer(args: argparse.Namespace) -> None:
-    pub_path, public = modelseal.write_signer(modelseal.generate_signer(), args.output)
+    pub_path, public = modelseal.write_signer(modelseal.generate_signer(), args.output, overwrite=args.force)
     print(f"wrote owner signer key to {args.output} and {pub_path}; its public key:", file=sys.stderr)
     print(public)
 
@@ -222,7 +226,8 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     print(f"signed by:       {info.signer or 'not signed'}")
     print("recipients:")
     for label in info.recipients or ["(none: only the MEK opens it)"]:
-        print(f"  {label}")
+        device = info.devices.get(label)
+        print(f"  {label}{f'  (device {device})' if device is not None else ''}")
     if info.metadata:
         print("metadata:")
         for key, value in sorted(info.metadata.items()):
@@ -265,8 +270,10 @@ def cmd_rewrap(args: argparse.Namespace) -> None:
             out=args.output,
             in_place=args.in_place,
             overwrite=args.force,
+            replace=args.replace,
             progress=progress,
         )
+    _report_skipped(result)
     if args.json:
         _print_json(result.__dict__)
     else:
@@ -278,9 +285,22 @@ def cmd_rewrap(args: argparse.Namespace) -> None:
             print(f"  {label}", file=sys.stderr)
 
 
-def _pub_keys(values: Sequence[str] | None) -> list[modelseal.X25519Recipient]:
-    """Session keys as device slots: the device a key file names (# device: N), else its position."""
-    return modelseal.device_slots([modelseal.load_recipient(v) for v in values or []])
+def _pub_keys(
+    values: Sequence[str] | None, devices: Sequence[str] | None = None
+) -> list[modelseal.X25519Recipient]:
+    """Session keys as device slots: --device N (in order), else the device the key file names
+    (`# device: N`), else the key's position."""
+    keys = [modelseal.load_recipient(v) for v in values or []]
+    if devices:
+        if len(devices) != len(keys):
+            raise CliError(f"--device names {len(devices)} device(s) for {len(keys)} --pub-keys key(s)")
+        keys = [dataclasses.replace(key, slot=device) for key, device in zip(keys, devices, strict=True)]
+    return modelseal.device_slots(keys)
+
+
+def _report_skipped(result: modelseal.RewrapResult) -> None:
+    for label in result.skipped:
+        print(f"already a recipient, skipped: {label}", file=sys.stderr)
 
 
 def cmd_encrypt_model(args: argparse.Namespace) -> None:
@@ -292,7 +312,7 @@ def cmd_encrypt_model(args: argparse.Namespace) -> None:
         result = modelseal.seal(
             src,
             dst,
-            _pub_keys(args.pub_keys),
+            _pub_keys(args.pub_keys, args.device),
             mek=modelseal.load_mek(args.mek),
             chunk_size=args.chunk_size,
             overwrite=args.force,
@@ -303,17 +323,20 @@ def cmd_encrypt_model(args: argparse.Namespace) -> None:
 
 def cmd_encrypt_with_session_keys(args: argparse.Namespace) -> None:
     mek = modelseal.load_mek(args.mek)
-    recipients = _pub_keys(args.pub_keys)
+    recipients = _pub_keys(args.pub_keys, args.device)
     models = sorted(Path(args.input_dir).glob("*.mseal"))
     if not models:
         raise CliError(f"no .mseal files in {args.input_dir}")
     for model in models:
-        modelseal.rewrap(model, mek, add=recipients, in_place=True)
-        print(f"added {len(recipients)} session key(s) to {model}", file=sys.stderr)
+        result = modelseal.rewrap(model, mek, add=recipients, in_place=True, replace=args.replace)
+        _report_skipped(result)
+        added = len(recipients) - len(result.skipped)
+        print(f"added {added} session key(s) to {model}", file=sys.stderr)
 
 
 def cmd_wrap_mek(args: argparse.Namespace) -> None:
-    folders = modelseal.wrap_mek(modelseal.load_mek(args.mek), _pub_keys(args.pub_keys), args.output_dir)
+    keys = _pub_keys(args.pub_keys, args.device)
+    folders = modelseal.wrap_mek(modelseal.load_mek(args.mek), keys, args.output_dir)
     print(f"wrote {len(folders)} wrapped MEK(s) and config.json to {args.output_dir}", file=sys.stderr)
 
 
@@ -352,6 +375,28 @@ def add_command(
     )
     _common(p)
     return p
+
+
+def _force_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("-f", "--force", action="store_true", help=f"replace {what}")
+
+
+def _device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        nargs="+",
+        metavar="N",
+        help="the device number of each --pub-keys key, in order (default: the key file's "
+        "`# device: N` line, else the key's position)",
+    )
+
+
+def _replace_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="let a key take a device slot another key holds (that key's wrap is dropped)",
+    )
 
 
 def _identity_args(p: argparse.ArgumentParser) -> None:
@@ -393,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="MEK file to write (mode 0600)")
     p.add_argument("--bits", type=int, choices=(128, 256), default=256, help="key size (default 256)")
     p.add_argument("--hex", action="store_true", help="write hex digits instead of raw bytes")
+    _force_arg(p, "an existing key file (its models no longer open with it)")
     p.set_defaults(func=cmd_keygen)
 
     p = add(
@@ -401,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
         "modelseal identity -o device.key",
     )
     p.add_argument("-o", "--output", required=True, help="identity file to write (PEM, mode 0600)")
+    _force_arg(p, "an existing identity file (models sealed to it no longer open with it)")
     p.set_defaults(func=cmd_identity)
 
     p = add(
@@ -416,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
         "create an owner Ed25519 signer key (writes KEY and KEY.pub)",
         "modelseal signer -o owner.key",
     )
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("-o", "--output", required=True, help="private key file (0600); the public one gets .pub")
+    _force_arg(p, "existing key files (signatures made with the old key no longer verify against it)")
     p.set_defaults(func=cmd_signer)
 
     p = add(
@@ -505,6 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("-o", "--output", help="write a new sealed file (payload copied, not re-encrypted)")
     where.add_argument("--in-place", action="store_true", help="rewrite the header in place")
     p.add_argument("-f", "--force", action="store_true", help="overwrite the output if it exists")
+    _replace_arg(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_rewrap)
 
@@ -519,6 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mek", required=True, metavar="FILE")
     p.add_argument("--output-dir", required=True, metavar="DIR")
     p.add_argument("--pub-keys", nargs="+", metavar="FILE", help="device session public keys")
+    _device_arg(p)
     p.add_argument("--chunk-size", type=_size, default=modelseal.DEFAULT_CHUNK_SIZE)
     p.add_argument("-f", "--force", action="store_true")
     p.set_defaults(func=cmd_encrypt_model)
@@ -531,6 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-dir", required=True, metavar="DIR")
     p.add_argument("--mek", required=True, metavar="FILE")
     p.add_argument("--pub-keys", nargs="+", required=True, metavar="FILE")
+    _device_arg(p)
+    _replace_arg(p)
     p.set_defaults(func=cmd_encrypt_with_session_keys)
 
     p = add(
@@ -540,6 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--mek", required=True, metavar="FILE")
     p.add_argument("--pub-keys", nargs="+", required=True, metavar="FILE")
+    _device_arg(p)
     p.add_argument("--output-dir", required=True, metavar="DIR")
     p.set_defaults(func=cmd_wrap_mek)
 
@@ -570,17 +623,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is so cleanup runs as for Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def _stop_signals_raise(args: argparse.Namespace) -> Iterator[None]:
+    """SIGTERM/SIGHUP unwind like Ctrl-C while a command runs (`cfs mount` and `cfs run` install
+    their own on top); the old handlers come back after. The servers (`own_signals`) are left to
+    their own handling, so a supervisor still sees them stop by the signal it sent."""
+    if getattr(args, "own_signals", False) or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        # A command may return an exit code of its own (cfs run passes on its child's).
-        code = args.func(args)
+        with _stop_signals_raise(args):
+            # A command may return an exit code of its own (cfs run passes on its child's).
+            code = args.func(args)
     except modelseal.ModelSealError as e:
         if args.verbose:
             raise
         print(f"modelseal: error: {e.diagnostic}", file=sys.stderr)
         return e.exit_code
+    except Stopped as e:
+        print(f"modelseal: stopped by {signal.Signals(e.signum).name}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("modelseal: interrupted", file=sys.stderr)
         return 130

@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import modelseal
 from modelseal import Identity
@@ -259,13 +260,61 @@ def cmd_key_config(args: argparse.Namespace) -> None:
         )
 
 
+_T = TypeVar("_T")
+
+
+def _create_with_secret(
+    target: str | None,
+    force: bool,
+    create: Callable[[], _T],
+    secret: Callable[[_T], bytes],
+    undo: Callable[[_T], str],
+) -> _T:
+    """Create a server-side object whose secret goes to the new 0600 file ``target``.
+
+    The file is opened (so its folder is writable and an existing file refused) before the vault is
+    asked; if writing it fails anyway (disk full, a name that appeared meanwhile), ``undo`` withdraws
+    what was created, so no device or token exists whose secret nobody holds. None or `-`: stdout.
+    """
+    if target is None or target == "-":
+        made = create()
+        sys.stdout.write(secret(made).decode())
+        return made
+    from modelseal.fileio import atomic_output
+
+    created: list[_T] = []
+    try:
+        with atomic_output(target, 0o600, overwrite=force) as f:
+            created.append(create())
+            f.write(secret(created[0]))
+    except BaseException as e:
+        if not created:
+            raise
+        try:
+            undone = undo(created[0])
+        except modelseal.ModelSealError as failed:
+            undone = f"withdrawing what was created failed too ({failed.diagnostic}): do it by hand"
+        if isinstance(e, modelseal.ModelSealError):
+            raise modelseal.OutputError(f"{e.diagnostic}; {undone}") from None
+        raise
+    return created[0]
+
+
 def cmd_datakey(args: argparse.Namespace) -> None:
     import base64
 
+    from modelseal.fileio import atomic_output
+
+    answer = None
     with _client(args) as client:
-        answer = client.datakey(args.name, plaintext=args.mek_out is not None)
-    if args.mek_out is not None and answer.plaintext is not None:
-        modelseal.write_mek(answer.plaintext, args.mek_out)
+        if args.mek_out is None:
+            answer = client.datakey(args.name)
+        else:
+            # Opened first: the plaintext data key is an audited release, not to be made for nothing.
+            with atomic_output(args.mek_out, 0o600, overwrite=args.force) as f:
+                answer = client.datakey(args.name, plaintext=True)
+                assert answer.plaintext is not None
+                f.write(answer.plaintext)
     _print(
         {
             "key_name": answer.key_name,
@@ -276,22 +325,24 @@ def cmd_datakey(args: argparse.Namespace) -> None:
 
 
 def cmd_token_create(args: argparse.Namespace) -> None:
-    import os
-
     with _client(args) as client:
-        answer = client.create_token(args.role, args.name)
-    token = str(answer.pop("token"))
+        if not args.output:
+            print(f"{args.role} token (shown once):", file=sys.stderr)
+
+        def revoke(answer: dict[str, Any]) -> str:
+            client.revoke_token(str(answer["accessor"]))
+            return f"the new token {answer['accessor']} was revoked"
+
+        answer = _create_with_secret(
+            args.output,
+            args.force,
+            lambda: client.create_token(args.role, args.name),
+            lambda answer: f"{answer['token']}\n".encode(),
+            revoke,
+        )
+    answer.pop("token")
     if args.output:
-        try:
-            fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            raise modelseal.OutputError(f"{args.output} exists") from None
-        with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
         print(f"wrote the {args.role} token to {args.output}", file=sys.stderr)
-    else:
-        print(f"{args.role} token (shown once):", file=sys.stderr)
-        print(token)
     if args.json:
         _print(answer)
 
@@ -333,50 +384,51 @@ def cmd_key_export(args: argparse.Namespace) -> None:
     )
 
 
-def _write_psk(psk: bytes, target: str, device: str = "", domain: str = "") -> None:
-    """The PSK goes to a new 0600 file, or to stdout only when asked for with `-`.
-
-    The file also names the device (and its domain) in `#` lines, so `--psk-file` alone is enough
-    for a container to know who it is (load_credential reads them).
-    """
-    import os
-
-    if target == "-":
-        print(psk.hex())
-        return
-    try:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise modelseal.OutputError(f"{target} exists: refusing to overwrite a PSK file") from None
-    except OSError as e:
-        raise modelseal.OutputError(f"cannot write {target}: {e.strerror}") from None
-    with os.fdopen(fd, "w") as f:
-        if device:
-            f.write(f"# device: {device}\n")
-        if domain:
-            f.write(f"# domain: {domain}\n")
-        f.write(psk.hex() + "\n")
-    print(f"wrote the device PSK to {target} (give it to the device only)", file=sys.stderr)
+def _psk_file(psk: bytes, device: str, domain: str) -> bytes:
+    """The PSK file: `#` lines name the device (and its domain), so `--psk-file` alone tells a
+    container who it is (load_credential reads them)."""
+    lines = [f"# device: {device}\n" if device else "", f"# domain: {domain}\n" if domain else ""]
+    return ("".join(lines) + psk.hex() + "\n").encode()
 
 
-def _device_meta(meta: dict[str, Any], to_stderr: bool) -> None:
+def _device_with_psk(
+    args: argparse.Namespace,
+    make: Callable[[], tuple[dict[str, Any], bytes]],
+    undo: Callable[[tuple[dict[str, Any], bytes]], str],
+) -> None:
+    """Create or rotate, the PSK going to a new 0600 file (or stdout with `-`)."""
+
+    def secret(made: tuple[dict[str, Any], bytes]) -> bytes:
+        meta, psk = made
+        if args.psk_out == "-":
+            return psk.hex().encode() + b"\n"
+        return _psk_file(psk, args.name, str(meta.get("domain", "")))
+
+    meta, _ = _create_with_secret(args.psk_out, args.force, make, secret, undo)
+    if args.psk_out != "-":
+        print(f"wrote the device PSK to {args.psk_out} (give it to the device only)", file=sys.stderr)
     # With `--psk-out -` stdout carries the PSK alone, so a script can capture it cleanly.
-    text = json.dumps(meta, indent=2, sort_keys=True)
-    print(text, file=sys.stderr if to_stderr else sys.stdout)
+    print(json.dumps(meta, indent=2, sort_keys=True), file=sys.stderr if args.psk_out == "-" else sys.stdout)
 
 
 def cmd_device_create(args: argparse.Namespace) -> None:
     with _client(args) as client:
-        meta, psk = client.create_device(args.name, args.group or [])
-    _write_psk(psk, args.psk_out, args.name, str(meta.get("domain", "")))
-    _device_meta(meta, args.psk_out == "-")
+
+        def revoke(made: object) -> str:
+            client.revoke_device(args.name)
+            return f"device {args.name} was revoked, since nobody holds its PSK"
+
+        _device_with_psk(args, lambda: client.create_device(args.name, args.group or []), revoke)
 
 
 def cmd_device_rotate(args: argparse.Namespace) -> None:
     with _client(args) as client:
-        meta, psk = client.rotate_psk(args.name)
-    _write_psk(psk, args.psk_out, args.name, str(meta.get("domain", "")))
-    _device_meta(meta, args.psk_out == "-")
+
+        def explain(made: object) -> str:
+            # Nobody holds the new PSK, so the device is as good as locked: rotating again mends it.
+            return f"device {args.name}'s PSK was rotated but not kept: rotate it again"
+
+        _device_with_psk(args, lambda: client.rotate_psk(args.name), explain)
 
 
 def cmd_device_list(args: argparse.Namespace) -> None:
@@ -638,7 +690,7 @@ def add_commands(add: AddParser) -> None:
         action="store_true",
         help="with --client-ca: refuse TLS connections without a valid client certificate",
     )
-    p.set_defaults(func=cmd_serve)
+    p.set_defaults(func=cmd_serve, own_signals=True)
 
     p = api(
         leaf(
@@ -728,6 +780,7 @@ def add_commands(add: AddParser) -> None:
     )
     p.add_argument("name")
     p.add_argument("--mek-out", metavar="FILE", help="also write the plaintext MEK here (0600; audited)")
+    p.add_argument("-f", "--force", action="store_true", help="replace an existing --mek-out file")
     p.set_defaults(func=cmd_datakey)
 
     token = leaf(
@@ -745,6 +798,7 @@ def add_commands(add: AddParser) -> None:
     p.add_argument("--role", required=True, choices=("admin", "operator", "auditor"))
     p.add_argument("--name", default="", help="a label for the audit trail")
     p.add_argument("-o", "--output", metavar="FILE", help="write the token to FILE (0600) instead of stdout")
+    p.add_argument("-f", "--force", action="store_true", help="replace an existing FILE")
     p.add_argument("--json", action="store_true", help="also print accessor, role and domain as JSON")
     p.set_defaults(func=cmd_token_create)
     p = api(
@@ -785,6 +839,7 @@ def add_commands(add: AddParser) -> None:
         p.add_argument(
             "--psk-out", required=True, metavar="F", help="new file for the PSK (0600); `-` prints it"
         )
+        p.add_argument("-f", "--force", action="store_true", help="replace an existing PSK file")
         p.set_defaults(func=func)
     for name, help_text, func in (
         ("read", "show a device's metadata (never its PSK)", cmd_device_read),

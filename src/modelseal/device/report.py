@@ -176,7 +176,7 @@ class SessionKey:
     def text(self) -> str:
         return x25519_recipient_string(self.recipient)
 
-    def write(self, path: str | Path) -> None:
+    def write(self, path: str | Path, *, overwrite: bool = False) -> None:
         """A key file ``--pub-keys`` and ``-r`` read; its ``# device:`` line binds the key to the slot."""
         atomic_write_bytes(
             path,
@@ -185,6 +185,7 @@ class SessionKey:
                 f"# device: {self.device_id}\n{self.text}\n"
             ).encode(),
             0o644,
+            overwrite=overwrite,
         )
 
 

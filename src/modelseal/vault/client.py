@@ -394,7 +394,7 @@ class VaultClient:
                 if response.status_code == 304:
                     return {"id": model_id, "sha256": sha256, "size": None, "not_modified": True}
                 hasher, size = hashlib.sha256(), 0
-                with atomic_output(out_path) as f:
+                with atomic_output(out_path, overwrite=True) as f:  # a newer copy replaces the cached one
                     for chunk in response.iter_bytes(MODEL_CHUNK):
                         hasher.update(chunk)
                         size += len(chunk)
