@@ -8,7 +8,7 @@ from pathlib import Path
 
 import modelseal
 
-from .main import AddParser, add_command
+from ._common import AddParser, add_command
 
 EXAMPLE = (
     "modelseal agent serve --vault https://vault:8180 --ca ca.pem --listen unix:/run/modelseal/agent.sock"

@@ -11,7 +11,7 @@ from typing import Any
 import modelseal
 from modelseal import cfs
 
-from .main import AddParser, CliError, _identities, _identity_args, add_command
+from ._common import AddParser, CliError, add_command, identities, identity_args
 
 RUN_USAGE = "modelseal cfs run SEALED... [-i IDENTITY]... [options] -- CMD [ARGS...]"
 
@@ -30,7 +30,7 @@ def _notice(message: str) -> None:
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    _identity_args(p)
+    identity_args(p)
     p.add_argument("--signer", metavar="PUB", help="also require this owner's signature")
     p.add_argument(
         "--layout",
@@ -72,10 +72,10 @@ def _default_model_cache() -> str:
     return os.path.join(base, "modelseal", "models")
 
 
-def _resolve_models(names: list[str], identities: list[Any], cache: str) -> list[str]:
+def _resolve_models(names: list[str], keys: list[Any], cache: str) -> list[str]:
     """Local sealed files stay as they are; a name that is no file is a model id in the vault's
     repository, fetched (ciphertext) through the device's vault or agent into ``cache``."""
-    devices = [i for i in identities if hasattr(i, "fetch_model")]
+    devices = [i for i in keys if hasattr(i, "fetch_model")]
     resolved = []
     for name in names:
         if os.path.exists(name) or os.sep in name or not devices:
@@ -98,8 +98,8 @@ def _lease(args: argparse.Namespace) -> cfs.LeasePolicy:
 
 
 def cmd_mount(args: argparse.Namespace) -> None:
-    identities = _identities(args)
-    args.sealed = _resolve_models(args.sealed, identities, args.model_cache)
+    keys = identities(args)
+    args.sealed = _resolve_models(args.sealed, keys, args.model_cache)
     signer = modelseal.load_signer_public(args.signer) if args.signer else None
     options = {
         "signer": signer,
@@ -121,7 +121,7 @@ def cmd_mount(args: argparse.Namespace) -> None:
 
         cfs.mount(
             args.sealed,
-            identities,
+            keys,
             args.at,
             signer=signer,
             allow_uids=args.allow_uid,
@@ -134,7 +134,7 @@ def cmd_mount(args: argparse.Namespace) -> None:
         )
         _notice(f"unmounted {args.at}")
         return
-    m = cfs.spawn_mount(args.sealed, identities, args.at, **options)
+    m = cfs.spawn_mount(args.sealed, keys, args.at, **options)
     _notice(
         f"mounted {len(m.files)} file(s) at {m.mountpoint} (server pid {m.pid}"
         f"{', memory locked' if m.locked else ', memory NOT locked'}); "
@@ -160,12 +160,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     command = rest[cut + 1 :]
     if not command:
         raise CliError("give the command to run after --")
-    identities = _identities(args)
-    sealed = _resolve_models(args.sealed, identities, args.model_cache)
+    keys = identities(args)
+    sealed = _resolve_models(args.sealed, keys, args.model_cache)
     signer = modelseal.load_signer_public(args.signer) if args.signer else None
     code = cfs.run(
         sealed,
-        identities,
+        keys,
         command,
         signer=signer,
         layout=args.layout,

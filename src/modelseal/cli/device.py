@@ -19,7 +19,7 @@ import modelseal
 from modelseal.errors import OutputError, UsageError
 from modelseal.fileio import read_small_file
 
-from .main import AddParser, CliError, add_command
+from ._common import AddParser, CliError, add_command, vault_client
 
 DEFAULT_PORT = 62473  # also modelseal.device.DEFAULT_PORT; repeated so --help needs no grpc import
 
@@ -163,13 +163,9 @@ def _load(card: Any, args: argparse.Namespace, sealed: str) -> Any:
     """Load with the card's session key, or (--vault-device) through an attested vault release."""
     if not args.vault_device:
         return card.load(sealed)
-    from modelseal.cli.vault import _need_extra
-
-    _need_extra()
     from modelseal.vault.attested import release_to_device
-    from modelseal.vault.client import VaultClient
 
-    with VaultClient.from_settings(args.vault, None, args.vault_ca, token_required=False) as vault:
+    with vault_client(args.vault, None, args.vault_ca, token_required=False) as vault:
         return release_to_device(
             vault, card, sealed, device=args.vault_device, domain=args.domain, key_name=args.key_name
         )

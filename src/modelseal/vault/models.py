@@ -385,16 +385,6 @@ def denied() -> Response:
     return Response(DENIED_BODY, 403, headers=NO_STORE, media_type="application/json")
 
 
-def parse_size(text: str) -> int:
-    """``--max-model-size``: bytes, or with a K/M/G/T suffix (powers of 1024)."""
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    clean = text.strip().upper().removesuffix("IB").removesuffix("B")
-    number, unit = (clean[:-1], clean[-1]) if clean[-1:] in units and clean[-1:] else (clean, "")
-    if not number.isdigit() or len(number) > 15 or int(number) < 1:
-        raise ValueError(f"not a size: {text!r} (e.g. 64G, 500M, 1048576)")
-    return int(number) * units[unit]
-
-
 def add_routes(
     app: FastAPI,
     store: Store,
