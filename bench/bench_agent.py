@@ -30,9 +30,7 @@ from _benchutil import add_output_options, machine, write_results
 
 import modelseal
 from modelseal.vault import datadir
-from modelseal.vault.client import VaultClient, read_token_file
-from modelseal.vault.device_identity import DeviceIdentity
-from modelseal.vault.recipient import VaultRecipient
+from modelseal.vault.client import DeviceIdentity, VaultClient, VaultRecipient, read_token_file
 
 
 def free_port() -> int:

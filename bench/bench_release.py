@@ -47,9 +47,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import text
 
-from modelseal.vault import datadir, protocol
-from modelseal.vault.client import VaultClient, read_token_file
-from modelseal.vault.recipient import VaultRecipient
+from modelseal.keyrelease import wire
+from modelseal.vault import datadir
+from modelseal.vault.client import VaultClient, VaultRecipient, read_token_file
 from modelseal.vault.store import make_engine, sqlite_url, verify_audit
 
 TARGET_RATE = 1000.0
@@ -227,9 +227,9 @@ def build(setup: Setup, count: int, path: Path) -> Built:
             private = X25519PrivateKey.generate()
             public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
             nonce = os.urandom(16)
-            mac = protocol.mac(
+            mac = wire.mac(
                 psk,
-                protocol.mac_input(
+                wire.mac_input(
                     domain=DOMAIN,
                     device=name,
                     key_name=setup.key_name,
@@ -324,7 +324,7 @@ def verify_samples(setup: Setup, built: Built, samples: Path) -> tuple[int, list
         # Nearest first: the answered request is usually among the last `connections` made, but
         # a slow one may be older (other connections kept going meanwhile).
         for j in range(last - 1, -1, -1):
-            info = protocol.hpke_info(
+            info = wire.hpke_info(
                 domain=DOMAIN,
                 device=built.devices[j],
                 key_name=setup.key_name,
@@ -332,7 +332,7 @@ def verify_samples(setup: Setup, built: Built, samples: Path) -> tuple[int, list
                 nonce=built.nonces[j],
             )
             try:
-                key = protocol.SUITE.decrypt(
+                key = wire.SUITE.decrypt(
                     sealed, X25519PrivateKey.from_private_bytes(built.ephemeral[j]), info=info
                 )
             except Exception:

@@ -47,14 +47,15 @@ import pytest
 from sqlalchemy import func, select
 from vault.release_helpers import LocalVault, Request, build_request, local_vault
 
-from modelseal.vault import protocol
-from modelseal.vault.app import create_app, parse_release
+from modelseal.keyrelease import wire
+from modelseal.vault.app import create_app
 from modelseal.vault.devices import (
     FAILURE_SWEEP_SECONDS,
     LOCKOUT_WINDOW_SECONDS,
     AuthFailure,
     DeviceStore,
 )
+from modelseal.vault.http_common import parse_release
 
 from .vault_inproc import StorageFaults, asgi_client
 
@@ -181,7 +182,7 @@ def counting(monkeypatch: pytest.MonkeyPatch, setup: Setup) -> tuple[list[str], 
     """Calls of the PSK's HMAC and of the barrier's decryption of a PSK, by purpose."""
     macs: list[str] = []
     decrypts: list[str] = []
-    real_mac: Callable[[bytes, bytes], bytes] = protocol.mac
+    real_mac: Callable[[bytes, bytes], bytes] = wire.mac
     barrier = setup.local.store.barrier
     real_decrypt = barrier.decrypt
 
@@ -193,7 +194,7 @@ def counting(monkeypatch: pytest.MonkeyPatch, setup: Setup) -> tuple[list[str], 
         decrypts.append(str(where.get("purpose")))
         return real_decrypt(blob, **where)
 
-    monkeypatch.setattr(protocol, "mac", mac)
+    monkeypatch.setattr(wire, "mac", mac)
     monkeypatch.setattr(barrier, "decrypt", decrypt)
     return macs, decrypts
 

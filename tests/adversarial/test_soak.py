@@ -34,7 +34,7 @@ from vault.conftest import VaultServer, start_server, stop_server
 from vault.release_helpers import Sealed, device, identity, seal_model, unique
 
 import modelseal
-from modelseal.vault.device_identity import DeviceIdentity
+from modelseal.vault.client import DeviceIdentity
 from modelseal.vault.store import make_engine, sqlite_url, verify_audit
 
 from .vault_load import Load

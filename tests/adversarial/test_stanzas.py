@@ -263,7 +263,7 @@ def test_malformed_vault_stanzas_are_refused_before_calling_the_vault(
     decrypt_calls: list[int],
     plain_buffers: list[memory.PlainBuffer],
 ) -> None:
-    recipient = pytest.importorskip("modelseal.vault.recipient", reason="the vault extra is not installed")
+    recipient = pytest.importorskip("modelseal.vault.client", reason="the vault extra is not installed")
     stub = _StubVault()
     identity = recipient.VaultIdentity(cast(Any, stub))
     hostile = Stanza("vault", args, bytes(body_length))

@@ -37,12 +37,13 @@ from vault.conftest import postgres  # noqa: F401 - the session fixture, for the
 from vault.postgres import PostgresServer
 from vault.release_helpers import Request, Sealed, build_request, open_answer
 
-from modelseal.vault import datadir, wrapping
+from modelseal.keyrelease import datakeys
+from modelseal.vault import datadir
 from modelseal.vault.app import create_app
+from modelseal.vault.client import VaultRecipient
 from modelseal.vault.devices import DeviceStore
 from modelseal.vault.errors import NotFound
 from modelseal.vault.overload import ReleaseSettings
-from modelseal.vault.recipient import VaultRecipient
 from modelseal.vault.store import Principal, Store, verify_audit
 
 from .vault_inproc import StorageFaults, asgi_client
@@ -214,7 +215,7 @@ def check(vault: Vault, ops: list[Op], faults: StorageFaults, uses_before: int) 
             assert len(created) == 1
             key = store.datakey(admin, name, plaintext=True)
             assert store.unwrap(admin, name, key.key_version, key.wrapped) == key.plaintext
-            assert len(key.wrapped) == wrapping.WRAPPED_SIZE
+            assert len(key.wrapped) == datakeys.WRAPPED_SIZE
         else:
             assert created == [], f"a failed key creation left its effect: {name}"
             with pytest.raises(NotFound):

@@ -26,10 +26,9 @@ from vault.conftest import VaultServer, start_server, stop_server
 import modelseal
 from modelseal import device
 from modelseal.device import NOT_THIS_SESSION
-from modelseal.vault.attested import release_to_device, vault_stanza
-from modelseal.vault.client import VaultClient
+from modelseal.vault.client import VaultClient, VaultRecipient
+from modelseal.vault.client.attested import release_to_device, vault_stanza
 from modelseal.vault.errors import PermissionDenied
-from modelseal.vault.recipient import VaultRecipient
 
 from .helpers import Card, OnnxModel, cli
 
@@ -127,7 +126,7 @@ PayloadCipher.decrypt_into = trap
 modelseal.recipients.x25519.X25519Identity.unwrap = trap
 
 from modelseal.device.client import DeviceClient
-from modelseal.vault.attested import release_to_device
+from modelseal.vault.client.attested import release_to_device
 from modelseal.vault.client import VaultClient
 
 seen = []  # every byte this process sent or received, on either connection

@@ -16,10 +16,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 import modelseal
-from modelseal.vault import datadir, protocol
-from modelseal.vault.device_identity import DeviceIdentity
+from modelseal.keyrelease import wire
+from modelseal.vault import datadir
+from modelseal.vault.client import DeviceIdentity, VaultRecipient
 from modelseal.vault.devices import DeviceStore
-from modelseal.vault.recipient import VaultRecipient
 from modelseal.vault.store import Principal, Store
 
 from .conftest import VaultServer
@@ -120,9 +120,9 @@ def build_request(
     nonce = nonce or os.urandom(16)
     timestamp = int(time.time()) if timestamp is None else timestamp
     r = sealed.recipient
-    mac = protocol.mac(
+    mac = wire.mac(
         psk,
-        protocol.mac_input(
+        wire.mac_input(
             domain="default",
             device=name,
             key_name=r.key_name,
@@ -153,14 +153,14 @@ def post(vault: VaultServer, body: dict[str, Any]) -> httpx.Response:
 
 
 def open_answer(request: Request, name: str, sealed: Sealed, answer: dict[str, Any]) -> bytes:
-    info = protocol.hpke_info(
+    info = wire.hpke_info(
         domain="default",
         device=name,
         key_name=sealed.recipient.key_name,
         key_version=sealed.recipient.key_version,
         nonce=request.nonce,
     )
-    return protocol.SUITE.decrypt(base64.b64decode(answer["sealed"]), request.ephemeral, info=info)
+    return wire.SUITE.decrypt(base64.b64decode(answer["sealed"]), request.ephemeral, info=info)
 
 
 def encodings(secret: bytes) -> set[bytes]:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 import modelseal
-from modelseal.vault.device_identity import DeviceIdentity
+from modelseal.vault.client import DeviceIdentity
 from modelseal.vault.errors import PermissionDenied, Unavailable
 
 from .agent_helpers import AgentProcess, agent_process, tapped_agent

@@ -33,9 +33,9 @@ from modelseal.cli.main import main
 from modelseal.device import attestation_pb2 as pb
 from modelseal.device.report import Report, request_digest
 from modelseal.device.server import DeviceService
-from modelseal.vault import protocol
-from modelseal.vault.app import DENIED_BODY
+from modelseal.keyrelease import wire
 from modelseal.vault.errors import PermissionDenied
+from modelseal.vault.http_common import DENIED_BODY
 from modelseal.vault.store import make_engine, sqlite_url, verify_audit
 
 from .conftest import VaultServer
@@ -75,14 +75,14 @@ class Card:
         return unsigned.signed_by(signer or self.identity).to_bytes()
 
     def open(self, name: str, sealed: Sealed, nonce: bytes, answer: dict[str, Any]) -> bytes:
-        info = protocol.attest_hpke_info(
+        info = wire.attest_hpke_info(
             domain="default",
             device=name,
             key_name=sealed.recipient.key_name,
             key_version=sealed.recipient.key_version,
             nonce_digest=request_digest(nonce),
         )
-        return protocol.SUITE.decrypt(base64.b64decode(answer["sealed"]), self.session, info=info)
+        return wire.SUITE.decrypt(base64.b64decode(answer["sealed"]), self.session, info=info)
 
 
 def call(vault: VaultServer, path: str, body: Any) -> httpx.Response:
@@ -154,7 +154,7 @@ def expire(vault: VaultServer, nonce: bytes) -> None:
 
 def test_attest_hpke_info_layout_and_label() -> None:
     digest = bytes(range(32))
-    built = protocol.attest_hpke_info(
+    built = wire.attest_hpke_info(
         domain="default", device="cam-17", key_name="models-2026", key_version=2, nonce_digest=digest
     )
     expected = b"modelseal vault attested release hpke v1\x00" + b"".join(
@@ -163,7 +163,7 @@ def test_attest_hpke_info_layout_and_label() -> None:
     )
     assert built == expected
     # Its own label: never the PSK release's info for the same fields.
-    assert built != protocol.hpke_info(
+    assert built != wire.hpke_info(
         domain="default", device="cam-17", key_name="models-2026", key_version=2, nonce=digest
     )
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from modelseal.errors import KeyFileError
-from modelseal.vault import datadir, wrapping
+from modelseal.keyrelease import datakeys
+from modelseal.vault import datadir
 from modelseal.vault.barrier import (
     KeyFileBarrier,
     RootBarrier,
@@ -82,12 +83,12 @@ def test_data_dir_layout(tmp_path: Path) -> None:
 
 
 def test_wrap_aad_is_unambiguous() -> None:
-    assert wrapping.wrap_aad("ab", 1) != wrapping.wrap_aad("a", 1)
+    assert datakeys.wrap_aad("ab", 1) != datakeys.wrap_aad("a", 1)
     master, mek = os.urandom(32), os.urandom(32)
-    body = wrapping.wrap(master, "k", 3, mek)
-    assert len(body) == wrapping.WRAPPED_SIZE and wrapping.unwrap(master, "k", 3, body) == mek
+    body = datakeys.wrap(master, "k", 3, mek)
+    assert len(body) == datakeys.WRAPPED_SIZE and datakeys.unwrap(master, "k", 3, body) == mek
     with pytest.raises(KeyServiceError):
-        wrapping.unwrap(master, "k", 4, body)
+        datakeys.unwrap(master, "k", 4, body)
 
 
 def test_key_check_binds_the_root_and_the_vault() -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from modelseal.cli.main import main
 from modelseal.errors import KeyFileError
-from modelseal.vault.device_identity import DeviceIdentity, load_psk
+from modelseal.vault.client import DeviceIdentity, load_psk
 
 from .conftest import VaultServer
 from .release_helpers import unique

@@ -16,8 +16,8 @@ import pytest
 import modelseal
 from modelseal.cli.main import main
 from modelseal.keyfiles import load_identity, write_x25519_identity
+from modelseal.keyrelease import datakeys
 from modelseal.recipients import X25519Identity
-from modelseal.vault import wrapping
 from modelseal.vault.errors import KeyServiceError, PermissionDenied
 from modelseal.vault.export import guard_fingerprint, open_bundle
 
@@ -90,7 +90,7 @@ def test_exported_versions_unwrap_earlier_data_keys_and_leak_nowhere(
         assert exported.min_decryption_version == 2 and sorted(exported.versions) == [1, 2, 3]
         assert all(repr(key) not in repr(exported) for key in exported.versions.values())
         for version, wrapped, plaintext in made:
-            assert wrapping.unwrap(exported.versions[version], "models", version, wrapped) == plaintext
+            assert datakeys.unwrap(exported.versions[version], "models", version, wrapped) == plaintext
 
         records = [e for e in audit_events(server) if e["op"] == "key.export"]
         assert len(records) == 1 and records[0]["versions"] == [1, 2, 3]

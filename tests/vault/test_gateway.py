@@ -29,9 +29,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import modelseal
 from modelseal.vault import gateway as gateway_runner
-from modelseal.vault.client import VaultClient, read_token_file
+from modelseal.vault.client import VaultClient, VaultIdentity, VaultRecipient, read_token_file
 from modelseal.vault.gateway import Gateway
-from modelseal.vault.recipient import VaultIdentity, VaultRecipient
 from modelseal.vault.tls import new_ca
 
 from .conftest import VaultServer

@@ -17,7 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from modelseal.vault import datadir, protocol
+from modelseal.keyrelease import wire
+from modelseal.vault import datadir
 from modelseal.vault.app import create_app
 from modelseal.vault.client import VaultClient
 from modelseal.vault.errors import PermissionDenied
@@ -35,7 +36,7 @@ def lease_body(name: str, key: str, version: int = 1, **extra: Any) -> bytes:
 
 
 def signed(psk: bytes, name: str, body: bytes, path: str = "/v1/lease") -> dict[str, str]:
-    return protocol.device_headers(psk, domain="default", device=name, method="POST", path=path, body=body)
+    return wire.device_headers(psk, domain="default", device=name, method="POST", path=path, body=body)
 
 
 def send(vault: VaultServer, body: bytes, headers: dict[str, str]) -> httpx.Response:
@@ -85,7 +86,7 @@ def granted(vault: VaultServer, tmp_path: Path, key_name: str, **licence: Any) -
 
 def test_device_request_input_byte_layout() -> None:
     nonce = bytes(range(16))
-    got = protocol.device_request_input(
+    got = wire.device_request_input(
         domain="default",
         device="cam",
         method="get",
@@ -109,19 +110,19 @@ def test_device_request_input_byte_layout() -> None:
         + field(nonce)
     )
     assert got == expected
-    headers = protocol.device_headers(
+    headers = wire.device_headers(
         bytes(32), domain="d", device="c", method="POST", path="/v1/lease", body=b"{}"
     )
-    assert [h.lower() for h in headers] == list(protocol.DEVICE_HEADERS)
+    assert [h.lower() for h in headers] == list(wire.DEVICE_HEADERS)
     assert abs(int(headers["X-Modelseal-Timestamp"]) - time.time()) < 5
     nonce = base64.b64decode(headers["X-Modelseal-Nonce"])
-    message = protocol.device_request_input(
+    message = wire.device_request_input(
         domain="d", device="c", method="POST", path="/v1/lease", body=b"{}",
         timestamp=int(headers["X-Modelseal-Timestamp"]), nonce=nonce,
     )  # fmt: skip
-    assert base64.b64decode(headers["X-Modelseal-Mac"]) == protocol.mac(bytes(32), message)
+    assert base64.b64decode(headers["X-Modelseal-Mac"]) == wire.mac(bytes(32), message)
     # The MAC covers the body: the same headers can't vouch for another one.
-    other = protocol.device_request_input(
+    other = wire.device_request_input(
         domain="d", device="c", method="POST", path="/v1/lease", body=b"{ }",
         timestamp=int(headers["X-Modelseal-Timestamp"]), nonce=nonce,
     )  # fmt: skip
@@ -190,11 +191,11 @@ def test_expired_licence_and_other_refusals_look_alike(
         "other path": send(vault, good_body, signed(good_psk, good, good_body, path="/v1/release")),
     }
     stale = signed(good_psk, good, good_body)
-    stamp = int(stale["X-Modelseal-Timestamp"]) - protocol.MAX_SKEW_SECONDS - 30
+    stamp = int(stale["X-Modelseal-Timestamp"]) - wire.MAX_SKEW_SECONDS - 30
     nonce = base64.b64decode(stale["X-Modelseal-Nonce"])
-    mac = protocol.mac(
+    mac = wire.mac(
         good_psk,
-        protocol.device_request_input(
+        wire.device_request_input(
             domain="default",
             device=good,
             method="POST",
@@ -275,7 +276,7 @@ def test_malformed_requests(vault: VaultServer, key_name: str, tmp_path: Path) -
     sealed, name, psk = granted(vault, tmp_path, key_name)
     body = lease_body(name, key_name, sealed.recipient.key_version)
     headers = signed(psk, name, body)
-    for missing in protocol.DEVICE_HEADERS:
+    for missing in wire.DEVICE_HEADERS:
         partial = {k: v for k, v in headers.items() if k.lower() != missing}
         answer = send(vault, body, partial)
         assert answer.status_code == 400 and missing in answer.json()["error"]["message"]

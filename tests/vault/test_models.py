@@ -17,7 +17,8 @@ import pytest
 
 import modelseal
 from modelseal.cli.main import main
-from modelseal.vault import datadir, protocol
+from modelseal.keyrelease import wire
+from modelseal.vault import datadir
 from modelseal.vault.app import create_app
 from modelseal.vault.client import VaultClient
 from modelseal.vault.errors import KeyServiceError, PermissionDenied
@@ -35,7 +36,7 @@ def content_path(model_id: str) -> str:
 def device_get(
     vault: VaultServer, path: str, name: str, psk: bytes, extra: dict[str, str] | None = None
 ) -> httpx.Response:
-    headers = protocol.device_headers(psk, domain="default", device=name, method="GET", path=path)
+    headers = wire.device_headers(psk, domain="default", device=name, method="GET", path=path)
     context = ssl.create_default_context(cafile=str(vault.ca))
     return httpx.get(f"{vault.url}{path}", headers={**headers, **(extra or {})}, verify=context, timeout=30)
 
@@ -133,7 +134,7 @@ def test_device_download_authorised_and_refused(vault: VaultServer, key_name: st
     # The client's download with device headers (no token at all).
     out = tmp_path / "device.mseal"
     with VaultClient(vault.url, ca=vault.ca) as client:
-        headers = protocol.device_headers(
+        headers = wire.device_headers(
             psk, domain="default", device=name, method="GET", path=content_path(model_id)
         )
         assert client.download_model(model_id, out, headers=headers)["sha256"] == digest
@@ -142,7 +143,7 @@ def test_device_download_authorised_and_refused(vault: VaultServer, key_name: st
         with pytest.raises(PermissionDenied) as e:
             client.download_model(model_id, tmp_path / "replay.mseal", headers=headers)
         assert e.value.code == "release_denied"
-        info_headers = protocol.device_headers(
+        info_headers = wire.device_headers(
             psk, domain="default", device=name, method="GET", path=f"/v1/models/{model_id}"
         )
         assert client.model_info(model_id, headers=info_headers)["id"] == model_id
@@ -152,7 +153,7 @@ def test_device_download_authorised_and_refused(vault: VaultServer, key_name: st
     revoked, revoked_psk = entitled(vault, key_name)
     with vault.client() as admin:
         admin.revoke_device(revoked)
-    headers = protocol.device_headers(
+    headers = wire.device_headers(
         psk, domain="default", device=name, method="GET", path=content_path(model_id)
     )
     context = ssl.create_default_context(cafile=str(vault.ca))
@@ -191,7 +192,7 @@ def test_lease_for_a_model(vault: VaultServer, key_name: str, tmp_path: Path) ->
 
     def lease(who: str, secret: bytes, model: str) -> httpx.Response:
         body = json.dumps({"domain": "default", "device": who, "model": model}).encode()
-        headers = protocol.device_headers(
+        headers = wire.device_headers(
             secret, domain="default", device=who, method="POST", path="/v1/lease", body=body
         )
         context = ssl.create_default_context(cafile=str(vault.ca))
@@ -298,7 +299,7 @@ def test_big_model_is_streamed_both_ways(vault: VaultServer, key_name: str, tmp_
     assert upload.growth_mib < 64, f"server RSS grew by {upload.growth_mib:.0f} MiB during the upload"
 
     out = tmp_path / "big-copy.mseal"
-    headers = protocol.device_headers(
+    headers = wire.device_headers(
         psk, domain="default", device=name, method="GET", path=content_path(model_id)
     )
     with VaultClient(vault.url, ca=vault.ca) as client, RssWatch(pid) as download:

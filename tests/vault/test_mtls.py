@@ -14,9 +14,7 @@ import pytest
 
 import modelseal
 from modelseal.cli.main import main
-from modelseal.vault.client import VaultClient, read_token_file
-from modelseal.vault.device_identity import DeviceIdentity
-from modelseal.vault.recipient import VaultRecipient
+from modelseal.vault.client import DeviceIdentity, VaultClient, VaultRecipient, read_token_file
 
 from .agent_helpers import agent_process
 from .conftest import VaultServer

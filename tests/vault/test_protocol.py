@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from modelseal.vault import protocol
+from modelseal.keyrelease import wire
 
 
 def field(value: bytes) -> bytes:
@@ -25,7 +25,7 @@ def test_mac_input_matches_the_documented_layout() -> None:
         + field(nonce)
         + field(public)
     )
-    built = protocol.mac_input(
+    built = wire.mac_input(
         domain="default",
         device="cam-17",
         key_name="models-2026",
@@ -35,8 +35,8 @@ def test_mac_input_matches_the_documented_layout() -> None:
         nonce=nonce,
         ephemeral_public=public,
     )
-    assert built == expected and len(protocol.MAC_LABEL) == 31
+    assert built == expected and len(wire.MAC_LABEL) == 31
     # Length prefixes keep ("ab", "c") and ("a", "bc") apart.
-    a = protocol.hpke_info(domain="d", device="ab", key_name="c", key_version=1, nonce=nonce)
-    b = protocol.hpke_info(domain="d", device="a", key_name="bc", key_version=1, nonce=nonce)
+    a = wire.hpke_info(domain="d", device="ab", key_name="c", key_version=1, nonce=nonce)
+    b = wire.hpke_info(domain="d", device="a", key_name="bc", key_version=1, nonce=nonce)
     assert a != b and a.startswith(b"modelseal vault release hpke v1\x00" + field(b"d") + field(b"ab"))

@@ -10,8 +10,9 @@ import pytest
 import modelseal
 from modelseal.cli.main import main
 from modelseal.format.header import Stanza
+from modelseal.vault.client import VaultIdentity, VaultRecipient
+from modelseal.vault.client.recipient import parse_args
 from modelseal.vault.errors import KeyServiceError, PermissionDenied
-from modelseal.vault.recipient import VaultIdentity, VaultRecipient, parse_args
 
 from .conftest import VaultServer
 

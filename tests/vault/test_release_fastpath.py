@@ -22,11 +22,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from modelseal.agent.logs import JsonLog
+from modelseal.service.logs import JsonLog
 from modelseal.vault import app as app_module
-from modelseal.vault.app import DENIED_BODY, create_app
+from modelseal.vault.app import create_app
 from modelseal.vault.devices import _ADD_LICENCE_DEVICE, DeviceStore, Licence
 from modelseal.vault.group_commit import CommitQueueFull
+from modelseal.vault.http_common import DENIED_BODY
 from modelseal.vault.overload import ReleaseSettings
 
 from .release_helpers import LocalVault, build_request, local_vault, open_answer

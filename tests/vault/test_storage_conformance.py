@@ -35,7 +35,8 @@ import modelseal
 import modelseal.vault
 from modelseal.cli.main import main
 from modelseal.errors import OutputError
-from modelseal.vault import datadir, protocol
+from modelseal.keyrelease import wire
+from modelseal.vault import datadir
 from modelseal.vault import store as store_module
 from modelseal.vault.barrier import KeyFileBarrier
 from modelseal.vault.devices import DeviceStore, ReleaseDenied, ReleaseRequest
@@ -136,7 +137,7 @@ def release_request(
         ephemeral_public=public,
         mac=b"",
     )
-    mac = protocol.mac(os.urandom(32) if wrong_mac else psk, req.mac_input())
+    mac = wire.mac(os.urandom(32) if wrong_mac else psk, req.mac_input())
     return replace(req, mac=mac), dk.plaintext
 
 
@@ -349,7 +350,7 @@ def test_tokens_and_roles_per_domain(vault: Vault) -> None:
 def test_devices_psk_rotate_revoke(vault: Vault) -> None:
     d, admin = vault.devices, vault.admin
     meta, psk = d.create_device(admin, "cam", ["edge", "edge", "north"])
-    assert len(psk) == protocol.PSK_SIZE and meta["groups"] == ["edge", "north"]
+    assert len(psk) == wire.PSK_SIZE and meta["groups"] == ["edge", "north"]
     assert meta["psk_generation"] == 1 and not meta["revoked"] and not meta["locked"]
     with pytest.raises(KeyServiceError) as exists:
         d.create_device(admin, "cam", [])

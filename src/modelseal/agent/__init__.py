@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UsageError
+from ..service.logs import JsonLog
 from .app import Agent, create_app
 from .cache import ModelCache
 from .limits import RateLimiter
-from .logs import JsonLog
 from .upstream import RetryPolicy, Upstream
 
 UNIX_PREFIX = "unix:"

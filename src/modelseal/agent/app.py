@@ -25,11 +25,11 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from ..vault.bodies import read_bounded
+from ..service.http import error_response, read_bounded
+from ..service.logs import JsonLog
 from ..vault.errors import Unavailable
 from .cache import ModelCache, etag_digest
 from .limits import RateLimiter
-from .logs import JsonLog
 from .upstream import Upstream
 
 MAX_BODY = 64 << 10
@@ -40,10 +40,6 @@ _FORWARD_HEADERS = ("content-type",)
 _DEVICE_PREFIX = "x-modelseal-"
 _ANSWER_HEADERS = ("content-type", "retry-after", "cache-control", "etag")
 POST_ROUTES = ("/v1/release", "/v1/lease", "/v1/attest/challenge", "/v1/attest/release")
-
-
-def _error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status, headers=dict(headers or {}))
 
 
 def _forwarded(request: Request) -> dict[str, str]:
@@ -87,7 +83,7 @@ class Agent:
     def _limited(self, caller: str) -> Response | None:
         wait = self.limiter.acquire(caller)
         if wait:
-            return _error(
+            return error_response(
                 429, "rate_limited", "too many requests from this caller", {"Retry-After": str(wait)}
             )
         return None
@@ -118,7 +114,7 @@ class Agent:
         body = await read_bounded(request, MAX_BODY)
         if body is None:
             self._done(request, started, 413, "?")
-            return _error(413, "invalid_request", f"request bodies are limited to {MAX_BODY} bytes")
+            return error_response(413, "invalid_request", f"request bodies are limited to {MAX_BODY} bytes")
         caller = self._caller(request, _claimed_device(request, body))
         refused = self._limited(caller)
         if refused is not None:
@@ -137,10 +133,10 @@ class Agent:
                 status, headers = answer.status_code, _answer_headers(answer.headers)
         except Unavailable as e:
             self._done(request, started, 502, caller)
-            return _error(502, "vault_unreachable", e.diagnostic)
+            return error_response(502, "vault_unreachable", e.diagnostic)
         except _TooLarge:
             self._done(request, started, 502, caller)
-            return _error(502, "bad_gateway", "the vault's answer is larger than the agent forwards")
+            return error_response(502, "bad_gateway", "the vault's answer is larger than the agent forwards")
         self._done(request, started, status, caller)
         return Response(content, status, headers=headers)
 
@@ -181,10 +177,10 @@ class Agent:
                     return Response(content, answer.status_code, headers=_answer_headers(answer.headers))
         except Unavailable as e:
             self._done(request, started, 502, caller)
-            return _error(502, "vault_unreachable", e.diagnostic)
+            return error_response(502, "vault_unreachable", e.diagnostic)
         except _BadDownload as e:
             self._done(request, started, 502, caller)
-            return _error(502, "bad_gateway", str(e))
+            return error_response(502, "bad_gateway", str(e))
         etag = f'"{digest}"'
         if etag_digest(request.headers.get("if-none-match")) == digest:
             self._done(request, started, 304, caller, cache=outcome)

@@ -21,8 +21,7 @@ import modelseal
 from modelseal import Identity, Recipient
 
 if TYPE_CHECKING:
-    from modelseal.vault.client import VaultClient
-    from modelseal.vault.recipient import VaultRecipient
+    from modelseal.vault.client import VaultClient, VaultRecipient
 
 
 class CliError(modelseal.UsageError):
@@ -216,7 +215,7 @@ def vault_client(
 
 def seal_recipient(args: argparse.Namespace) -> VaultRecipient:
     """For `modelseal seal --vault-key`: a fresh data key from the vault, as MEK + stanza."""
-    from modelseal.vault.recipient import VaultRecipient
+    from modelseal.vault.client import VaultRecipient
 
     with vault_client(args.vault, args.vault_token_file, args.vault_ca) as client:
         return VaultRecipient.prepare(client, args.vault_key)
@@ -235,10 +234,10 @@ def vault_identity(args: argparse.Namespace) -> Identity:
         if agent and args.vault:
             raise CliError("give --agent or --vault, not both: a device talks to one of them")
         client = vault_client(agent or args.vault, None, args.vault_ca, token_required=False)
-        from modelseal.vault.device_identity import DeviceIdentity
+        from modelseal.vault.client import DeviceIdentity
 
         return DeviceIdentity.from_psk_file(client, psk_file, device=device)
 
-    from modelseal.vault.recipient import VaultIdentity
+    from modelseal.vault.client import VaultIdentity
 
     return VaultIdentity(vault_client(args.vault, args.vault_token_file, args.vault_ca))

@@ -163,7 +163,7 @@ def _load(card: Any, args: argparse.Namespace, sealed: str) -> Any:
     """Load with the card's session key, or (--vault-device) through an attested vault release."""
     if not args.vault_device:
         return card.load(sealed)
-    from modelseal.vault.attested import release_to_device
+    from modelseal.vault.client.attested import release_to_device
 
     with vault_client(args.vault, None, args.vault_ca, token_required=False) as vault:
         return release_to_device(

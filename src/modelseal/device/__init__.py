@@ -8,7 +8,7 @@
         outputs = card.run(model.handle, {"input": x})
 
 The card itself: ``modelseal.device.serve(device_id, identity_key, port=...)`` or ``DeviceServer``.
-A key service can release the file key to a card instead (``modelseal.vault.attested``): the card
+A key service can release the file key to a card instead (``modelseal.vault.client.attested``): the card
 gets it HPKE-sealed to its session key, as a ``SealedRelease`` alongside the model's bytes.
 """
 

@@ -4,8 +4,8 @@ A real card measures its firmware in hardware; the emulated card hashes the sour
 code it runs to open and execute models, so an owner who installed the same release can compute the
 value it expects (`modelseal device measure`) and refuse a card running anything else. Host-side
 tools (cli, cfs, the edge agent) and the key service are not part of the card and are left out, so
-changing them does not change the measurement; the vault's release protocol, which the card runs
-to open released keys, is the exception.
+changing them does not change the measurement; the vault's errors, which the release wire format
+(keyrelease/) the card runs to open released keys raises, are the exception.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from pathlib import Path
 from ..errors import UsageError
 
 _EXCLUDED = {"agent", "cli", "cfs", "vault", "__pycache__"}
-# The card opens keys the vault released to it with the release protocol (HPKE suite and info):
-# that much of vault/ runs on the card, so it is measured.
-_CARD_FILES = {"vault/__init__.py", "vault/errors.py", "vault/protocol.py"}
+# The card opens keys the vault released to it with keyrelease/ (measured like all the card's code),
+# which raises the vault's errors: that much of vault/ runs on the card, so it is measured.
+_CARD_FILES = {"vault/__init__.py", "vault/errors.py"}
 MEASUREMENT_SIZE = 32
 
 

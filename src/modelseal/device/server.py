@@ -34,9 +34,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..errors import FormatError, IntegrityError, ModelSealError, NoMatchingIdentityError, UsageError
 from ..format.header import Stanza
+from ..keyrelease import wire
 from ..recipients import X25519Identity
 from ..recipients.x25519 import public_bytes
-from ..vault import protocol as release_protocol
 from . import attestation_pb2 as pb
 from . import tensors
 from .errors import DeviceError
@@ -99,7 +99,7 @@ class _ReleasedKey:
         wanted = (r.key_name.encode(), str(r.key_version).encode())
         if not any(s.type == _VAULT_STANZA and tuple(s.args) == wanted for s in stanzas):
             return
-        info = release_protocol.attest_hpke_info(
+        info = wire.attest_hpke_info(
             domain=r.domain,
             device=r.device,
             key_name=r.key_name,
@@ -107,7 +107,7 @@ class _ReleasedKey:
             nonce_digest=request_digest(r.nonce),
         )
         try:
-            key = release_protocol.SUITE.decrypt(r.sealed, self._session_key.private_key, info=info)
+            key = wire.SUITE.decrypt(r.sealed, self._session_key.private_key, info=info)
         except Exception:  # InvalidTag, or a malformed encapsulated key
             return
         yield key
@@ -118,7 +118,7 @@ def _check_release(release: pb.VaultRelease) -> None:
     names = (release.domain, release.device, release.key_name)
     if (
         len(release.sealed) != RELEASED_KEY_SIZE
-        or len(release.nonce) != release_protocol.ATTEST_NONCE_SIZE
+        or len(release.nonce) != wire.ATTEST_NONCE_SIZE
         or release.key_version < 1
         or not all(1 <= len(name) <= 128 for name in names)
     ):

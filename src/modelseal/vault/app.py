@@ -5,7 +5,7 @@ checks the caller's role in its domain. While the barrier is sealed every such r
 Errors are `{"error": {"code": ..., "message": ...}}` and never echo request bodies (they may hold
 wrapped keys). The device key-release route (PSK proof, policy, licence, HPKE-sealed answer) is a
 plain Starlette route in this app: it is the hot path, and FastAPI's dependency injection and
-validation cost ~110 µs per request (ARCHITECTURE §4), so it parses its small body by hand; it is
+validation cost ~110 µs per request (docs/benchmarks.md), so it parses its small body by hand; it is
 also answered before the app's middleware and route table (release_fastpath.py).
 """
 
@@ -20,23 +20,26 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 
-from ..agent.logs import JsonLog
-from . import metrics, protocol, wrapping
-from .bodies import read_bounded
-from .devices import DeviceStore, ReleaseDenied, ReleaseRequest
+from ..service.http import NO_STORE, error_response, read_bounded
+from ..service.logs import JsonLog
+from . import metrics
+from .devices import DeviceStore, ReleaseDenied
 from .errors import KeyServiceError, PermissionDenied, Unavailable
 from .group_commit import CommitQueueFull
+from .http_common import (
+    API_PREFIX,
+    DENIED_BODY,
+    MAX_RELEASE_BODY,
+    READ_AUDIT,
+    READ_KEYS,
+    WRITE_KEYS,
+    BadRelease,
+    parse_release,
+)
 from .overload import ReleaseGate, ReleaseSettings, queue_full_response
 from .release_fastpath import ReleaseFastPath, VaultAPI
-from .store import DEFAULT_DOMAIN, Principal, Store
+from .store import Principal, Store
 from .tokens import TokenStore
-
-API_PREFIX = "/v1"
-# Who may do what, per domain. Unwrap is admin/operator only: devices get keys through /v1/release.
-WRITE_KEYS = ("admin", "operator")
-READ_KEYS = ("admin", "operator", "auditor")
-READ_AUDIT = ("admin", "auditor")
-NO_STORE = {"Cache-Control": "no-store"}
 
 
 class CreateKey(BaseModel):
@@ -82,70 +85,6 @@ def _b64decode(value: str) -> bytes:
         raise KeyServiceError("wrapped is not base64", code="invalid_request") from None
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=NO_STORE)
-
-
-MAX_RELEASE_BODY = 4096
-# One body for every refused release, so unknown device, wrong PSK, revoked and locked look alike.
-DENIED_BODY = json.dumps(
-    {"error": {"code": ReleaseDenied.code, "message": "key release refused"}}, separators=(",", ":")
-).encode()
-
-
-class _BadRelease(Exception):
-    """A malformed release request; names the field, never its value."""
-
-
-def _release_b64(body: dict[str, Any], name: str, low: int, high: int) -> bytes:
-    value = body.get(name)
-    if not isinstance(value, str) or len(value) > 4 * high:
-        raise _BadRelease(name)
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise _BadRelease(name) from None
-    if not low <= len(raw) <= high:
-        raise _BadRelease(name)
-    return raw
-
-
-def _release_int(body: dict[str, Any], name: str, low: int, high: int) -> int:
-    value = body.get(name)
-    if type(value) is not int or not low <= value <= high:  # bool is an int subclass: refuse it
-        raise _BadRelease(name)
-    return value
-
-
-def _release_name(body: dict[str, Any], name: str, default: str | None = None) -> str:
-    value = body.get(name, default)
-    if not isinstance(value, str) or not 1 <= len(value) <= 128:
-        raise _BadRelease(name)
-    return value
-
-
-def parse_release(data: bytes) -> ReleaseRequest:
-    try:
-        body = json.loads(data)
-    except ValueError:
-        raise _BadRelease("body") from None
-    if not isinstance(body, dict):
-        raise _BadRelease("body")
-    return ReleaseRequest(
-        domain=_release_name(body, "domain", DEFAULT_DOMAIN),
-        device=_release_name(body, "device"),
-        key_name=_release_name(body, "key_name"),
-        key_version=_release_int(body, "key_version", 1, 2**32 - 1),
-        wrapped=_release_b64(body, "wrapped", wrapping.WRAPPED_SIZE, wrapping.WRAPPED_SIZE),
-        timestamp=_release_int(body, "timestamp", 0, 2**63 - 1),
-        nonce=_release_b64(body, "nonce", protocol.NONCE_MIN, protocol.NONCE_MAX),
-        ephemeral_public=_release_b64(
-            body, "ephemeral_public", protocol.PUBLIC_KEY_SIZE, protocol.PUBLIC_KEY_SIZE
-        ),
-        mac=_release_b64(body, "mac", protocol.MAC_SIZE, protocol.MAC_SIZE),
-    )
-
-
 def create_app(
     store: Store,
     *,
@@ -165,14 +104,14 @@ def create_app(
     )
 
     @app.exception_handler(KeyServiceError)
-    async def _service_error(_: Request, exc: KeyServiceError) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.message)
+    async def _serviceerror_response(_: Request, exc: KeyServiceError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's default 422 echoes the offending input; ours names only the field.
         fields = sorted({".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()})
-        return _error(400, "invalid_request", f"invalid request field(s): {', '.join(fields)}")
+        return error_response(400, "invalid_request", f"invalid request field(s): {', '.join(fields)}")
 
     tokens = TokenStore(store)
 
@@ -200,12 +139,12 @@ def create_app(
     @app.get(f"{API_PREFIX}/sys/ready")
     def ready() -> JSONResponse:
         if store.barrier.sealed:
-            return _error(503, "sealed", "the vault is sealed")
+            return error_response(503, "sealed", "the vault is sealed")
         try:
             with store.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
         except Exception:
-            return _error(503, "storage_unavailable", "the database is not reachable")
+            return error_response(503, "storage_unavailable", "the database is not reachable")
         return JSONResponse({"status": "ready", "sealed": False})
 
     @app.post(f"{API_PREFIX}/sys/seal")
@@ -362,14 +301,14 @@ def create_app(
     async def release(request: Request) -> Response:
         # No bearer token: the PSK proof in the body is the device's authentication.
         if store.barrier.sealed:
-            return _error(503, "sealed", "the vault is sealed")
+            return error_response(503, "sealed", "the vault is sealed")
         data = await read_bounded(request, MAX_RELEASE_BODY)
         if data is None:
-            return _error(413, "invalid_request", "the release request is too large")
+            return error_response(413, "invalid_request", "the release request is too large")
         try:
             req = parse_release(data)
-        except _BadRelease as e:
-            return _error(400, "invalid_request", f"invalid request field: {e}")
+        except BadRelease as e:
+            return error_response(400, "invalid_request", f"invalid request field: {e}")
         try:
             sealed = await gate.release(*devices.release_steps(req))
         except ReleaseDenied:
@@ -377,10 +316,10 @@ def create_app(
         except CommitQueueFull as e:
             return queue_full_response(e)
         except Unavailable as e:
-            return _error(503, e.code, e.message)
+            return error_response(503, e.code, e.message)
         except Exception:
             # Storage or audit failure: the transaction rolled back, so nothing was released.
-            return _error(
+            return error_response(
                 503, "release_failed", "the vault could not record the release; nothing was released"
             )
         answer = {

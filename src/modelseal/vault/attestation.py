@@ -36,18 +36,9 @@ from starlette.concurrency import run_in_threadpool
 
 from ..device.errors import AttestationError
 from ..device.report import MAX_CLOCK_SKEW, MAX_REPORT_SIZE, Report
-from . import protocol, wrapping
-from .app import (
-    DENIED_BODY,
-    NO_STORE,
-    WRITE_KEYS,
-    _BadRelease,
-    _error,
-    _release_b64,
-    _release_int,
-    _release_name,
-)
-from .bodies import read_bounded
+from ..keyrelease import datakeys, wire
+from ..keyrelease.wire import DEFAULT_DOMAIN
+from ..service.http import NO_STORE, error_response, read_bounded
 from .devices import (
     LOCKOUT_FAILURES,
     LOCKOUT_WINDOW_SECONDS,
@@ -59,8 +50,16 @@ from .devices import (
 )
 from .errors import KeyServiceError, Unavailable
 from .group_commit import CommitQueueFull
+from .http_common import (
+    DENIED_BODY,
+    WRITE_KEYS,
+    BadRelease,
+    release_b64,
+    release_int,
+    release_name,
+)
 from .overload import ReleaseGate, ReleaseSettings, queue_full_response
-from .store import DEFAULT_DOMAIN, Principal, Store
+from .store import Principal, Store
 
 ENV_MAX_REPORT_AGE = "MODELSEAL_VAULT_ATTEST_MAX_AGE"
 NONCE_TTL_SECONDS = 60
@@ -100,7 +99,7 @@ class AttestedRelease:
         return self.report.session_public_key
 
     def hpke_info(self) -> bytes:
-        return protocol.attest_hpke_info(
+        return wire.attest_hpke_info(
             domain=self.domain,
             device=self.device,
             key_name=self.key_name,
@@ -191,7 +190,7 @@ class Attestation:
         An unknown, revoked, unenrolled or locked device gets a nonce too, just never a usable one,
         so the answer does not say which names exist or what state they are in.
         """
-        nonce = os.urandom(protocol.ATTEST_NONCE_SIZE)
+        nonce = os.urandom(wire.ATTEST_NONCE_SIZE)
         at = time.time()
         with self.store._write() as session:
             _, device = self.devices.find_device(session, domain, name)
@@ -362,33 +361,33 @@ def _json_object(data: bytes) -> dict[str, Any]:
     try:
         body = json.loads(data)
     except ValueError:
-        raise _BadRelease("body") from None
+        raise BadRelease("body") from None
     if not isinstance(body, dict):
-        raise _BadRelease("body")
+        raise BadRelease("body")
     return body
 
 
 def parse_challenge(data: bytes) -> tuple[str, str]:
     body = _json_object(data)
-    return _release_name(body, "domain", DEFAULT_DOMAIN), _release_name(body, "device")
+    return release_name(body, "domain", DEFAULT_DOMAIN), release_name(body, "device")
 
 
 def parse_attested_release(data: bytes) -> AttestedRelease:
     body = _json_object(data)
-    domain = _release_name(body, "domain", DEFAULT_DOMAIN)
-    device = _release_name(body, "device")
-    raw = _release_b64(body, "report", 1, MAX_REPORT_SIZE)
+    domain = release_name(body, "domain", DEFAULT_DOMAIN)
+    device = release_name(body, "device")
+    raw = release_b64(body, "report", 1, MAX_REPORT_SIZE)
     try:
         report = Report.from_bytes(raw)
     except AttestationError:
-        raise _BadRelease("report") from None
+        raise BadRelease("report") from None
     return AttestedRelease(
         domain=domain,
         device=device,
         report=report,
-        key_name=_release_name(body, "key_name"),
-        key_version=_release_int(body, "key_version", 1, 2**32 - 1),
-        wrapped=_release_b64(body, "wrapped", wrapping.WRAPPED_SIZE, wrapping.WRAPPED_SIZE),
+        key_name=release_name(body, "key_name"),
+        key_version=release_int(body, "key_version", 1, 2**32 - 1),
+        wrapped=release_b64(body, "wrapped", datakeys.WRAPPED_SIZE, datakeys.WRAPPED_SIZE),
     )
 
 
@@ -419,32 +418,32 @@ def add_routes(
 
     async def challenge(request: Request) -> Response:
         if store.barrier.sealed:
-            return _error(503, "sealed", "the vault is sealed")
+            return error_response(503, "sealed", "the vault is sealed")
         data = await read_bounded(request, MAX_CHALLENGE_BODY)
         if data is None:
-            return _error(413, "invalid_request", "the challenge request is too large")
+            return error_response(413, "invalid_request", "the challenge request is too large")
         try:
             domain, device = parse_challenge(data)
-        except _BadRelease as e:
-            return _error(400, "invalid_request", f"invalid request field: {e}")
+        except BadRelease as e:
+            return error_response(400, "invalid_request", f"invalid request field: {e}")
         try:
             nonce = await run_in_threadpool(service.challenge, domain, device)
         except Unavailable as e:
-            return _error(503, e.code, e.message)
+            return error_response(503, e.code, e.message)
         except Exception:
-            return _error(503, "challenge_failed", "the vault could not issue a challenge")
+            return error_response(503, "challenge_failed", "the vault could not issue a challenge")
         return _json({"nonce": base64.b64encode(nonce).decode(), "expires_in": NONCE_TTL_SECONDS})
 
     async def release(request: Request) -> Response:
         if store.barrier.sealed:
-            return _error(503, "sealed", "the vault is sealed")
+            return error_response(503, "sealed", "the vault is sealed")
         data = await read_bounded(request, MAX_ATTEST_BODY)
         if data is None:
-            return _error(413, "invalid_request", "the release request is too large")
+            return error_response(413, "invalid_request", "the release request is too large")
         try:
             req = parse_attested_release(data)
-        except _BadRelease as e:
-            return _error(400, "invalid_request", f"invalid request field: {e}")
+        except BadRelease as e:
+            return error_response(400, "invalid_request", f"invalid request field: {e}")
         try:
             sealed = await gate.release(*service.release_steps(req))
         except ReleaseDenied:
@@ -452,10 +451,10 @@ def add_routes(
         except CommitQueueFull as e:
             return queue_full_response(e)
         except Unavailable as e:
-            return _error(503, e.code, e.message)
+            return error_response(503, e.code, e.message)
         except Exception:
             # Storage or audit failure: the transaction rolled back, so nothing was released.
-            return _error(
+            return error_response(
                 503, "release_failed", "the vault could not record the release; nothing was released"
             )
         return _json(

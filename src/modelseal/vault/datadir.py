@@ -213,7 +213,7 @@ def serve(
 ) -> None:
     import uvicorn
 
-    from ..agent.logs import JsonLog
+    from ..service.logs import JsonLog
     from . import metrics
     from .app import create_app
 

@@ -1,7 +1,7 @@
 """Device-authenticated requests: the five X-Modelseal-* headers, checked like a key release.
 
 A device proves its PSK on a lease check or a model download without sending it (the MAC of
-``protocol.device_request_input``). The checks are the release's, in the same order and with the
+``wire.device_request_input``). The checks are the release's, in the same order and with the
 same tables: unknown device, revoked, wrong MAC (a failure towards lockout), locked, timestamp
 outside the skew window, nonce already seen (the release replay index, shared). Every outcome is
 one uniform refusal to the caller; the real reason goes to the audit, written in the transaction
@@ -28,7 +28,8 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import protocol
+from ..keyrelease import wire
+from ..keyrelease.wire import DEFAULT_DOMAIN
 from .devices import (
     LOCKOUT_FAILURES,
     Device,
@@ -39,7 +40,7 @@ from .devices import (
     ReleaseDenied,
     ReleaseNonce,
 )
-from .store import DEFAULT_DOMAIN, Domain, MasterKey
+from .store import Domain, MasterKey
 
 T = TypeVar("T")
 _MAX_NAME = 128
@@ -62,7 +63,7 @@ class DeviceProof:
     mac: bytes = field(repr=False)
 
     def mac_input(self) -> bytes:
-        return protocol.device_request_input(
+        return wire.device_request_input(
             domain=self.domain,
             device=self.device,
             method=self.method,
@@ -74,7 +75,7 @@ class DeviceProof:
 
 
 def has_device_headers(headers: Mapping[str, str]) -> bool:
-    return any(name in headers for name in protocol.DEVICE_HEADERS)
+    return any(name in headers for name in wire.DEVICE_HEADERS)
 
 
 def _b64_header(headers: Mapping[str, str], name: str, low: int, high: int) -> bytes:
@@ -104,8 +105,8 @@ def parse_device_headers(headers: Mapping[str, str], *, method: str, path: str, 
     stamp = headers.get("x-modelseal-timestamp", "")
     if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= _MAX_TIMESTAMP_DIGITS):
         raise BadDeviceRequest("x-modelseal-timestamp")
-    nonce = _b64_header(headers, "x-modelseal-nonce", protocol.NONCE_MIN, protocol.NONCE_MAX)
-    mac = _b64_header(headers, "x-modelseal-mac", protocol.MAC_SIZE, protocol.MAC_SIZE)
+    nonce = _b64_header(headers, "x-modelseal-nonce", wire.NONCE_MIN, wire.NONCE_MAX)
+    mac = _b64_header(headers, "x-modelseal-mac", wire.MAC_SIZE, wire.MAC_SIZE)
     return DeviceProof(domain, device, method.upper(), path, body, int(stamp), nonce, mac)
 
 
@@ -154,7 +155,7 @@ class DeviceRequests:
             psk = barrier.decrypt(
                 device.psk, table="devices", row=self.devices._psk_row(device), purpose="psk"
             )
-        mac_ok = hmac.compare_digest(protocol.mac(psk, proof.mac_input()), proof.mac)
+        mac_ok = hmac.compare_digest(wire.mac(psk, proof.mac_input()), proof.mac)
 
         if device is None:
             out.reason = "unknown_device"
@@ -169,7 +170,7 @@ class DeviceRequests:
         out.details["recent_failures"] = failures
         if out.reason is None and failures >= LOCKOUT_FAILURES:
             out.reason = "locked"
-        if out.reason is None and abs(at - proof.timestamp) > protocol.MAX_SKEW_SECONDS:
+        if out.reason is None and abs(at - proof.timestamp) > wire.MAX_SKEW_SECONDS:
             out.reason = "stale_timestamp"
         if out.reason is None and device is not None:
             out.reason = self._consume_nonce(session, device.id, proof)
@@ -188,7 +189,7 @@ class DeviceRequests:
         session.execute(
             delete(ReleaseNonce).where(
                 ReleaseNonce.device_id == device_id,
-                ReleaseNonce.timestamp < int(time.time()) - protocol.MAX_SKEW_SECONDS - 1,
+                ReleaseNonce.timestamp < int(time.time()) - wire.MAX_SKEW_SECONDS - 1,
             )
         )
         session.add(ReleaseNonce(device_id=device_id, nonce_hash=digest, timestamp=proof.timestamp))

@@ -47,10 +47,11 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from . import protocol, wrapping
+from ..keyrelease import datakeys, wire
+from ..keyrelease.wire import DEFAULT_DOMAIN
 from .errors import KeyServiceError, NotFound, PermissionDenied
 from .hot_sql import HotStatement
-from .store import DEFAULT_DOMAIN, Base, Domain, MasterKey, Principal, Store, now
+from .store import Base, Domain, MasterKey, Principal, Store, now
 
 LOCKOUT_FAILURES = 5
 LOCKOUT_WINDOW_SECONDS = 15 * 60
@@ -59,7 +60,7 @@ FAILURE_SWEEP_SECONDS = 60.0
 MAX_GROUPS = 32
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # Compared against when the device is unknown, so that path does the same HMAC work.
-_DUMMY_PSK = os.urandom(protocol.PSK_SIZE)
+_DUMMY_PSK = os.urandom(wire.PSK_SIZE)
 
 
 class Device(Base):
@@ -321,7 +322,7 @@ class ReleaseRequest:
     mac: bytes = field(repr=False)
 
     def mac_input(self) -> bytes:
-        return protocol.mac_input(
+        return wire.mac_input(
             domain=self.domain,
             device=self.device,
             key_name=self.key_name,
@@ -333,7 +334,7 @@ class ReleaseRequest:
         )
 
     def hpke_info(self) -> bytes:
-        return protocol.hpke_info(
+        return wire.hpke_info(
             domain=self.domain,
             device=self.device,
             key_name=self.key_name,
@@ -398,7 +399,7 @@ class DeviceStore:
         return f"{device.domain_id}/{device.name}/{device.psk_generation}"
 
     def _set_psk(self, device: Device) -> bytes:
-        psk = os.urandom(protocol.PSK_SIZE)
+        psk = os.urandom(wire.PSK_SIZE)
         device.psk = self.store.barrier.encrypt(
             psk, table="devices", row=self._psk_row(device), purpose="psk"
         )
@@ -846,7 +847,7 @@ class DeviceStore:
             psk = self.store.barrier.decrypt(
                 device.psk, table="devices", row=self._psk_row(device), purpose="psk"
             )
-        mac_ok = hmac.compare_digest(protocol.mac(psk, req.mac_input()), req.mac)
+        mac_ok = hmac.compare_digest(wire.mac(psk, req.mac_input()), req.mac)
 
         if device is None:
             decision.reason = "unknown_device"
@@ -858,7 +859,7 @@ class DeviceStore:
         if decision.reason is not None:  # every failed proof counts, so all write the same rows
             self.count_failure(session, subject, at)
         self.check_lockout(session, subject, at, decision)
-        if decision.reason is None and abs(at - req.timestamp) > protocol.MAX_SKEW_SECONDS:
+        if decision.reason is None and abs(at - req.timestamp) > wire.MAX_SKEW_SECONDS:
             decision.reason = "stale_timestamp"
         if decision.reason is None and device is not None:
             decision.reason = self._consume_nonce(session, device.id, req)
@@ -892,7 +893,7 @@ class DeviceStore:
         clock = time.monotonic()
         if clock - self._nonces_purged.get(device_id, -NONCE_PURGE_SECONDS) >= NONCE_PURGE_SECONDS:
             self._nonces_purged[device_id] = clock
-            before = int(time.time()) - protocol.MAX_SKEW_SECONDS - 1
+            before = int(time.time()) - wire.MAX_SKEW_SECONDS - 1
             _PURGE_NONCES.run(session, {"device_id": device_id, "before": before})
         return None
 
@@ -954,13 +955,13 @@ class DeviceStore:
                 master = reads.material[key.id, req.key_version] = self.store._material(
                     session, key, req.key_version
                 )
-            mek = wrapping.unwrap(master, req.key_name, req.key_version, req.wrapped)
+            mek = datakeys.unwrap(master, req.key_name, req.key_version, req.wrapped)
         except KeyServiceError:
             decision.reason = "invalid_wrapped_key"
             return
         try:
             public = X25519PublicKey.from_public_bytes(req.ephemeral_public)
-            decision.sealed = protocol.SUITE.encrypt(mek, public, info=req.hpke_info())
+            decision.sealed = wire.SUITE.encrypt(mek, public, info=req.hpke_info())
         except Exception:  # a low-order or otherwise unusable public key
             decision.reason = "bad_public_key"
             return

@@ -37,8 +37,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from ..errors import FormatError, IntegrityError, KeyFileError, NoMatchingIdentityError
 from ..fileio import read_small_file
 from ..keyfiles import X25519_PREFIX, parse_recipient
+from ..keyrelease import wire
 from ..recipients import X25519Identity
-from . import protocol
 from .errors import KeyServiceError
 
 # The guard's side (open_bundle) needs only `cryptography`: storage and the web framework are
@@ -126,7 +126,7 @@ def seal_bundle(
     }
     info = export_info(**{k: v for k, v in header.items() if k != "format"})
     try:
-        sealed = protocol.SUITE.encrypt(b"".join(materials[v] for v in versions), guard, info=info)
+        sealed = wire.SUITE.encrypt(b"".join(materials[v] for v in versions), guard, info=info)
     except ValueError:
         # A low-order point gives an all-zero shared secret; cryptography refuses it.
         raise KeyServiceError("guard_public is not a usable X25519 key", code="invalid_guard") from None
@@ -257,7 +257,7 @@ def open_bundle(bundle: bytes | str | os.PathLike[str], identity: X25519Identity
         raise NoMatchingIdentityError("this key export bundle is sealed to another guard key")
     info = export_info(**{k: v for k, v in header.items() if k != "format"})
     try:
-        plain = protocol.SUITE.decrypt(sealed, identity.private_key, info=info)
+        plain = wire.SUITE.decrypt(sealed, identity.private_key, info=info)
     except InvalidTag:
         raise IntegrityError(
             "key export bundle does not open: its header was altered or the sealed keys corrupted"

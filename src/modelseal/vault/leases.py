@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from .bodies import read_bounded
+from ..keyrelease.wire import DEFAULT_DOMAIN
+from ..service.http import NO_STORE, error_response, read_bounded
 from .device_auth import (
     BadDeviceRequest,
     DeviceProof,
@@ -30,8 +30,9 @@ from .device_auth import (
 )
 from .devices import _ID, Device, DeviceStore, ReleaseDenied, _iso
 from .errors import Unavailable
-from .models import API_PREFIX, NO_STORE, ModelRecord, denied, key_refs_of
-from .store import DEFAULT_DOMAIN, Store
+from .http_common import API_PREFIX
+from .models import ModelRecord, denied, key_refs_of
+from .store import Store
 
 MAX_LEASE_BODY = 4096
 RECHECK_AFTER_SECONDS = 300
@@ -128,33 +129,29 @@ class Leases:
         return self.requests.run("lease.check", proof, decide, ok="valid", details=asked)
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=NO_STORE)
-
-
 def add_routes(app: FastAPI, store: Store, devices: DeviceStore) -> Leases:
     leases = Leases(DeviceRequests(devices))
 
     async def lease(request: Request) -> Response:
         # No token: the device headers are the authentication, and they MAC this exact body.
         if store.barrier.sealed:
-            return _error(503, "sealed", "the vault is sealed")
+            return error_response(503, "sealed", "the vault is sealed")
         data = await read_bounded(request, MAX_LEASE_BODY)
         if data is None:
-            return _error(413, "invalid_request", "the lease request is too large")
+            return error_response(413, "invalid_request", "the lease request is too large")
         raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
         path = bytes(raw_path).split(b"?", 1)[0].decode("latin-1")
         try:
             req = parse_lease(data)
             proof = parse_device_headers(request.headers, method="POST", path=path, body=data)
         except (BadLease, BadDeviceRequest) as e:
-            return _error(400, "invalid_request", f"invalid request field: {e}")
+            return error_response(400, "invalid_request", f"invalid request field: {e}")
         for name, claimed, proven in (
             ("domain", req.domain, proof.domain),
             ("device", req.device, proof.device),
         ):
             if claimed != proven:
-                return _error(
+                return error_response(
                     400, "invalid_request", f"invalid request field: {name} (differs from its header)"
                 )
         try:
@@ -162,10 +159,10 @@ def add_routes(app: FastAPI, store: Store, devices: DeviceStore) -> Leases:
         except ReleaseDenied:
             return denied()
         except Unavailable as e:
-            return _error(503, e.code, e.message)
+            return error_response(503, e.code, e.message)
         except Exception:
             # Storage or audit failure: rolled back, so the nonce was not consumed either.
-            return _error(503, "lease_failed", "the vault could not record the lease check")
+            return error_response(503, "lease_failed", "the vault could not record the lease check")
         return Response(json.dumps(answer), 200, headers=NO_STORE, media_type="application/json")
 
     app.add_route(f"{API_PREFIX}/lease", lease, methods=["POST"], include_in_schema=False)

@@ -54,11 +54,12 @@ from sqlalchemy import func, select
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..agent.logs import JsonLog, JsonLogHandler
+from ..service.http import NO_STORE
+from ..service.logs import JsonLog, JsonLogHandler
 from .errors import PermissionDenied
+from .http_common import API_PREFIX
 from .store import AuditRecord, Principal, Store
 
-API_PREFIX = "/v1"
 METRICS_PATH = f"{API_PREFIX}/sys/metrics"
 # Where the app's token check leaves the authenticated caller for the request log line.
 PRINCIPAL = "modelseal.principal"
@@ -69,7 +70,6 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"}
 UNMATCHED = "unmatched"
 # Releases take ~1 ms on loopback; model uploads can take minutes.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0)
-NO_STORE = {"Cache-Control": "no-store"}
 
 
 class _StateCollector(Collector):

@@ -38,14 +38,15 @@ from starlette.responses import Response, StreamingResponse
 from ..errors import FormatError
 from ..fileio import fsync_dir
 from ..opening import read_header
-from . import recipient
+from ..service.http import NO_STORE, error_response
+from .client import recipient
 from .device_auth import BadDeviceRequest, DeviceProof, DeviceRequests, Outcome, has_device_headers
 from .device_auth import parse_device_headers as parse_proof
 from .devices import Device, DeviceStore, ReleaseDenied, check_id
 from .errors import KeyServiceError, NotFound, PermissionDenied, Unavailable
+from .http_common import API_PREFIX
 from .store import Base, Principal, Store, now
 
-API_PREFIX = "/v1"
 DEFAULT_MAX_MODEL_SIZE = 64 << 30
 CHUNK_SIZE = 1 << 20
 MAX_KEY_REFS = 64
@@ -53,7 +54,6 @@ STALE_UPLOAD_SECONDS = 24 * 3600
 _UPLOAD_PREFIX = ".upload-"
 WRITE_MODELS = ("admin", "operator")
 READ_MODELS = ("admin", "operator", "auditor")
-NO_STORE = {"Cache-Control": "no-store"}
 # Byte for byte the key release's refusal: a device learns nothing from which route refused it.
 DENIED_BODY = json.dumps(
     {"error": {"code": ReleaseDenied.code, "message": "key release refused"}}, separators=(",", ":")
@@ -377,10 +377,6 @@ async def _stream(f: BinaryIO) -> AsyncIterator[bytes]:
         f.close()
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=NO_STORE)
-
-
 def denied() -> Response:
     return Response(DENIED_BODY, 403, headers=NO_STORE, media_type="application/json")
 
@@ -431,7 +427,7 @@ def add_routes(
         # Token (operator tools) or device headers (edge agents): the device path answers every
         # refusal with the release's uniform 403.
         if store.barrier.sealed:
-            return _error(503, "sealed", "the vault is sealed")
+            return error_response(503, "sealed", "the vault is sealed")
         model_id = str(request.path_params["model_id"])
         if_none_match = request.headers.get("if-none-match")
         try:
@@ -442,7 +438,7 @@ def add_routes(
                 try:
                     proof = parse_proof(request.headers, method=request.method, path=path, body=b"")
                 except BadDeviceRequest as e:
-                    return _error(400, "invalid_request", f"invalid request header: {e}")
+                    return error_response(400, "invalid_request", f"invalid request header: {e}")
                 try:
                     got = await run_in_threadpool(
                         repo.for_device, proof, model_id, content=content, if_none_match=if_none_match
@@ -460,9 +456,9 @@ def add_routes(
                     repo.for_token, who, model_id, content=content, if_none_match=if_none_match
                 )
         except KeyServiceError as e:
-            return _error(e.status, e.code, e.message)
+            return error_response(e.status, e.code, e.message)
         except Exception:
-            return _error(503, "storage_unavailable", "the vault could not read its model repository")
+            return error_response(503, "storage_unavailable", "the vault could not read its model repository")
         if not content:
             return JSONResponse(got.meta, headers=NO_STORE)
         headers = {"ETag": etag(got.meta["sha256"]), "Cache-Control": "no-store"}

@@ -20,13 +20,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..service.http import NO_STORE
 from .devices import DeviceStore
 from .group_commit import CommitQueueFull, Decide, GroupCommitter, OnConflict
 
 DEFAULT_MAX_INFLIGHT = 256
 DEFAULT_MAX_COMMIT_QUEUE = 128
 BUSY_RETRY_AFTER = "1"
-NO_STORE = {"Cache-Control": "no-store"}
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 _BUSY_BODY = json.dumps(

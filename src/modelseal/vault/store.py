@@ -49,14 +49,15 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from . import wrapping, writer_lock
+from ..keyrelease import datakeys
+from ..keyrelease.wire import DEFAULT_DOMAIN
+from . import writer_lock
 from .barrier import Barrier
 from .errors import AuditChainError, KeyServiceError, NotFound, PermissionDenied, Unavailable
 from .hot_sql import HotStatement
 
 ROLES = ("admin", "operator", "auditor")
 KEY_TYPES = ("aes256-gcm",)
-DEFAULT_DOMAIN = "default"
 GENESIS_HASH = "0" * 64
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _TOKEN_PREFIX = "msv."  # noqa: S105 - a name, not a secret
@@ -668,8 +669,8 @@ class Store:
             key = self._key(session, who, name)
             self._usable(key)
             version = key.latest_version
-            mek = os.urandom(wrapping.DATA_KEY_SIZE)
-            wrapped = wrapping.wrap(self._material(session, key, version), name, version, mek)
+            mek = os.urandom(datakeys.DATA_KEY_SIZE)
+            wrapped = datakeys.wrap(self._material(session, key, version), name, version, mek)
             self._audit(
                 session,
                 who.domain,
@@ -698,7 +699,7 @@ class Store:
                     code="version_retired",
                     status=409,
                 )
-            mek = wrapping.unwrap(self._material(session, key, version), name, version, wrapped)
+            mek = datakeys.unwrap(self._material(session, key, version), name, version, wrapped)
             self._audit(
                 session,
                 who.domain,

@@ -24,9 +24,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from .errors import KeyServiceError, NotFound
+from .http_common import API_PREFIX
 from .store import Principal, Store, Token, TokenUsage, now
 
-API_PREFIX = "/v1"
 ACCESSOR = re.compile(r"[0-9a-f]{16}")
 LIST_ROLES = ("admin", "auditor")
 TOUCH_INTERVAL = 60.0

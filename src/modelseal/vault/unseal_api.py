@@ -21,19 +21,19 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..keyrelease.wire import DEFAULT_DOMAIN
+from ..service.http import NO_STORE, error_response, read_bounded
 from .barrier import Barrier, Unsealable
-from .bodies import read_bounded
 from .errors import KeyServiceError
+from .http_common import API_PREFIX
 from .shamir_root import MAX_SHARE_TEXT, UnsealRateLimited
-from .store import DEFAULT_DOMAIN, Principal, Store
+from .store import Principal, Store
 
-API_PREFIX = "/v1"
 SYS_PREFIX = f"{API_PREFIX}/sys/"
 # Reachable while sealed: the sys endpoints and the API description, nothing holding data.
 OPEN_WHILE_SEALED = (SYS_PREFIX, f"{API_PREFIX}/openapi.json", f"{API_PREFIX}/docs")
 SEALED_RETRY_AFTER = "5"
 MAX_UNSEAL_BODY = MAX_SHARE_TEXT + 64
-NO_STORE = {"Cache-Control": "no-store"}
 
 _SEALED_BODY = json.dumps(
     {"error": {"code": "sealed", "message": "the vault is sealed"}}, separators=(",", ":")
@@ -76,14 +76,6 @@ class SealedGuard:
             await send(message)
 
         await self.app(scope, receive, send_with_retry_after)
-
-
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"code": code, "message": message}},
-        status_code=status,
-        headers={**NO_STORE, **(headers or {})},
-    )
 
 
 async def _read_share(request: Request) -> str | None:
@@ -131,19 +123,19 @@ def add_routes(app: FastAPI, store: Store) -> None:
         if not isinstance(barrier, Unsealable):
             if not barrier.sealed:
                 return JSONResponse({"sealed": False}, headers=NO_STORE)
-            return _error(
+            return error_response(
                 400, "not_unsealable", "this vault's root is not Shamir shares: restart it to unseal it"
             )
         share = await _read_share(request)
         if share is None:
-            return _error(400, "invalid_request", 'the body must be {"share": "<one share>"}')
+            return error_response(400, "invalid_request", 'the body must be {"share": "<one share>"}')
         was_sealed = barrier.sealed
         try:
             answer = await run_in_threadpool(barrier.submit_share, share)
         except UnsealRateLimited as e:
-            return _error(429, e.code, e.message, {"Retry-After": str(e.retry_after)})
+            return error_response(429, e.code, e.message, {"Retry-After": str(e.retry_after)})
         except KeyServiceError as e:
-            return _error(e.status, e.code, e.message)
+            return error_response(e.status, e.code, e.message)
         if was_sealed and answer.get("sealed") is False:
             await run_in_threadpool(_record_unseal, store)
         return JSONResponse(answer, headers=NO_STORE)

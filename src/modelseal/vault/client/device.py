@@ -23,13 +23,13 @@ from urllib.parse import quote
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from ..errors import KeyFileError, UsageError
-from ..format.header import Stanza
-from . import protocol
-from .client import VaultClient
-from .errors import KeyServiceError, NotFound, PermissionDenied
+from ...errors import KeyFileError, UsageError
+from ...format.header import Stanza
+from ...keyrelease import wire
+from ...keyrelease.wire import DEFAULT_DOMAIN
+from ..errors import KeyServiceError, NotFound, PermissionDenied
+from .api import VaultClient
 from .recipient import STANZA_TYPE, parse_args
-from .store import DEFAULT_DOMAIN
 
 
 class Credential:
@@ -55,7 +55,7 @@ def load_credential(path: str | os.PathLike[str]) -> Credential:
             data = f.read(1024)
     except OSError as e:
         raise KeyFileError(f"cannot read PSK file {path}: {e.strerror}") from None
-    if len(data) == protocol.PSK_SIZE:
+    if len(data) == wire.PSK_SIZE:
         return Credential(data, None, None)
     fields: dict[str, str] = {}
     digits: list[str] = []
@@ -71,7 +71,7 @@ def load_credential(path: str | os.PathLike[str]) -> Credential:
                 fields[key.strip()] = value.strip()
         elif line:
             digits.append(line)
-    if len(digits) == 1 and len(digits[0]) == 2 * protocol.PSK_SIZE:
+    if len(digits) == 1 and len(digits[0]) == 2 * wire.PSK_SIZE:
         try:
             return Credential(bytes.fromhex(digits[0]), fields.get("device"), fields.get("domain"))
         except ValueError:
@@ -98,8 +98,8 @@ class DeviceIdentity:
         ca: str | os.PathLike[str] | None = None,
         domain: str = DEFAULT_DOMAIN,
     ) -> None:
-        if len(psk) != protocol.PSK_SIZE:
-            raise KeyFileError(f"a device PSK is {protocol.PSK_SIZE} bytes")
+        if len(psk) != wire.PSK_SIZE:
+            raise KeyFileError(f"a device PSK is {wire.PSK_SIZE} bytes")
         self.client = (
             vault_url_or_client
             if isinstance(vault_url_or_client, VaultClient)
@@ -144,11 +144,11 @@ class DeviceIdentity:
         """The file key in one `vault` stanza body, released to this device (or PermissionDenied)."""
         ephemeral = X25519PrivateKey.generate()
         public = ephemeral.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        nonce = os.urandom(protocol.NONCE_MIN)
+        nonce = os.urandom(wire.NONCE_MIN)
         timestamp = int(time.time())
-        proof = protocol.mac(
+        proof = wire.mac(
             self._psk,
-            protocol.mac_input(
+            wire.mac_input(
                 domain=self.domain,
                 device=self.device_id,
                 key_name=key_name,
@@ -172,12 +172,12 @@ class DeviceIdentity:
                 "mac": base64.b64encode(proof).decode(),
             }
         )
-        info = protocol.hpke_info(
+        info = wire.hpke_info(
             domain=self.domain, device=self.device_id, key_name=key_name, key_version=key_version, nonce=nonce
         )
         try:
             sealed = base64.b64decode(str(answer["sealed"]), validate=True)
-            key = protocol.SUITE.decrypt(sealed, ephemeral, info=info)
+            key = wire.SUITE.decrypt(sealed, ephemeral, info=info)
         except Exception:
             # Not made for our ephemeral key and this request: a proxy tampered or answered itself.
             raise KeyServiceError("vault: the released key does not open for this request") from None
@@ -192,7 +192,7 @@ class DeviceIdentity:
             return tuple(self._released)
 
     def _headers(self, method: str, path: str, body: bytes = b"") -> dict[str, str]:
-        return protocol.device_headers(
+        return wire.device_headers(
             self._psk, domain=self.domain, device=self.device_id, method=method, path=path, body=body
         )
 

@@ -20,9 +20,9 @@ from urllib.parse import quote
 
 import httpx
 
-from ..errors import IntegrityError, KeyFileError, UsageError
-from ..fileio import atomic_output
-from .errors import KeyServiceError, NotFound, PermissionDenied, Unavailable
+from ...errors import IntegrityError, KeyFileError, UsageError
+from ...fileio import atomic_output
+from ..errors import KeyServiceError, NotFound, PermissionDenied, Unavailable
 
 ENV_ADDR = "MODELSEAL_VAULT_ADDR"
 ENV_TOKEN_FILE = "MODELSEAL_VAULT_TOKEN_FILE"  # noqa: S105 - a name, not a secret
@@ -329,7 +329,7 @@ class VaultClient:
         return [dict(r) for r in records]
 
     # --- lease checks and the model repository ----------------------------------------------------
-    # ``headers`` are a device's five X-Modelseal-* headers (protocol.device_headers) for exactly
+    # ``headers`` are a device's five X-Modelseal-* headers (wire.device_headers) for exactly
     # this request: method, path ("/v1/..." as sent) and body bytes are what they MAC.
 
     def lease(self, body: bytes, headers: dict[str, str]) -> dict[str, Any]:

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import os
 
-from ..device.client import DeviceClient, LoadedModel, SealedRelease
-from ..errors import UsageError
-from ..opening import open_sealed_file, read_header
-from .client import VaultClient
+from ...device.client import DeviceClient, LoadedModel, SealedRelease
+from ...errors import UsageError
+from ...opening import open_sealed_file, read_header
+from .api import VaultClient
 from .recipient import STANZA_TYPE, parse_args
 
 

@@ -16,11 +16,11 @@ import hmac
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from ..errors import FormatError, UsageError
-from ..format.header import Stanza
-from . import wrapping
-from .client import VaultClient
-from .errors import NotFound
+from ...errors import FormatError, UsageError
+from ...format.header import Stanza
+from ...keyrelease import datakeys
+from ..errors import NotFound
+from .api import VaultClient
 
 STANZA_TYPE = "vault"
 
@@ -40,7 +40,7 @@ def parse_args(stanza: Stanza) -> tuple[str, int]:
     digits = stanza.args[1]
     if not digits.isdigit() or not digits.isascii() or digits.startswith(b"0"):
         raise FormatError("malformed vault recipient stanza: version is not a decimal number")
-    if len(stanza.body) != wrapping.WRAPPED_SIZE:
+    if len(stanza.body) != datakeys.WRAPPED_SIZE:
         raise FormatError("malformed vault recipient stanza body")
     return name, int(digits)
 
@@ -58,7 +58,7 @@ class VaultRecipient:
     def prepare(cls, client: VaultClient, key_name: str) -> VaultRecipient:
         """Ask the vault for a new data key under ``key_name``; use ``.data_key`` as the MEK."""
         answer = client.datakey(key_name, plaintext=True)
-        if answer.plaintext is None or len(answer.plaintext) != wrapping.DATA_KEY_SIZE:
+        if answer.plaintext is None or len(answer.plaintext) != datakeys.DATA_KEY_SIZE:
             raise UsageError("the vault did not return a 256-bit data key")
         return cls(answer.key_name, answer.key_version, answer.wrapped, answer.plaintext)
 

@@ -16,7 +16,7 @@ import struct
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .errors import KeyServiceError
+from ..vault.errors import KeyServiceError
 
 NONCE_SIZE = 12
 DATA_KEY_SIZE = 32

@@ -18,6 +18,8 @@ import time
 
 from cryptography.hazmat.primitives import hpke
 
+# The domain (tenant) a device or key belongs to when a request names none.
+DEFAULT_DOMAIN = "default"
 PSK_SIZE = 32
 MAC_SIZE = 32
 NONCE_MIN, NONCE_MAX = 16, 64
