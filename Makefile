@@ -9,7 +9,7 @@ PIP := $(BIN)/pip install --quiet --disable-pip-version-check -c $(LOCK)
 DEMO_STAMP := $(VENV)/.demo-stamp
 TEST_STAMP := $(VENV)/.test-stamp
 # Everything the test suite exercises: runtimes, Crypto-fs, the demo model (dev has matplotlib for the bench report).
-TEST_EXTRAS := dev,demo,onnxruntime,openvino,torch,safetensors,cfs,device,vault
+TEST_EXTRAS := dev,demo,onnxruntime,openvino,torch,safetensors,cfs,device,vault,edge
 
 .PHONY: demo test test-latest lock test-slow soak lint typecheck system-deps bench vectors clean
 

@@ -29,8 +29,8 @@ import httpx
 from _benchutil import add_output_options, machine, write_results
 
 import modelseal
-from modelseal.vault import datadir
 from modelseal.vault.client import DeviceIdentity, VaultClient, VaultRecipient, read_token_file
+from modelseal.vault.server import datadir
 
 
 def free_port() -> int:

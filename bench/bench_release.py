@@ -48,9 +48,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import text
 
 from modelseal.keyrelease import wire
-from modelseal.vault import datadir
 from modelseal.vault.client import VaultClient, VaultRecipient, read_token_file
-from modelseal.vault.store import make_engine, sqlite_url, verify_audit
+from modelseal.vault.server import datadir
+from modelseal.vault.server.store import make_engine, sqlite_url, verify_audit
 
 TARGET_RATE = 1000.0
 TARGET_P99_MS = 25.0

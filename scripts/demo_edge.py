@@ -27,7 +27,7 @@ import numpy as np
 import onnxruntime as ort
 
 from modelseal import cfs
-from modelseal.vault import gateway
+from modelseal.vault.server import nginx as gateway
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from demo import build_model, step

@@ -48,14 +48,14 @@ from sqlalchemy import func, select
 from vault.release_helpers import LocalVault, Request, build_request, local_vault
 
 from modelseal.keyrelease import wire
-from modelseal.vault.app import create_app
-from modelseal.vault.devices import (
+from modelseal.vault.server.app import create_app
+from modelseal.vault.server.devices import (
     FAILURE_SWEEP_SECONDS,
     LOCKOUT_WINDOW_SECONDS,
     AuthFailure,
     DeviceStore,
 )
-from modelseal.vault.http_common import parse_release
+from modelseal.vault.server.http_common import parse_release
 
 from .vault_inproc import StorageFaults, asgi_client
 
@@ -254,7 +254,7 @@ def test_failures_of_names_nobody_owns_are_swept(setup: Setup) -> None:
     now = time.time()
     stale = devices.failure_subject(None, "nowhere", "ghost")
     fresh = devices.failure_subject(None, "nowhere", "ghost-2")
-    with setup.local.store._write() as session:
+    with setup.local.store.write_session() as session:
         for _ in range(5):
             devices.count_failure(session, stale, now - LOCKOUT_WINDOW_SECONDS - 60)
         assert devices.recent_failures(session, stale, now - LOCKOUT_WINDOW_SECONDS - 30) == 5

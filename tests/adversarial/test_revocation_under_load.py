@@ -29,7 +29,7 @@ from vault.conftest import (
 from vault.postgres import PostgresServer
 from vault.release_helpers import device, seal_model, unique
 
-from modelseal.vault.store import make_engine, sqlite_url, verify_audit
+from modelseal.vault.server.store import make_engine, sqlite_url, verify_audit
 
 from .vault_load import Answer, Load, audit_events
 

@@ -35,7 +35,7 @@ from vault.release_helpers import Sealed, device, identity, seal_model, unique
 
 import modelseal
 from modelseal.vault.client import DeviceIdentity
-from modelseal.vault.store import make_engine, sqlite_url, verify_audit
+from modelseal.vault.server.store import make_engine, sqlite_url, verify_audit
 
 from .vault_load import Load
 

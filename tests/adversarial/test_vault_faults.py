@@ -38,13 +38,13 @@ from vault.postgres import PostgresServer
 from vault.release_helpers import Request, Sealed, build_request, open_answer
 
 from modelseal.keyrelease import datakeys
-from modelseal.vault import datadir
-from modelseal.vault.app import create_app
 from modelseal.vault.client import VaultRecipient
-from modelseal.vault.devices import DeviceStore
 from modelseal.vault.errors import NotFound
-from modelseal.vault.overload import ReleaseSettings
-from modelseal.vault.store import Principal, Store, verify_audit
+from modelseal.vault.server import datadir
+from modelseal.vault.server.admission import ReleaseSettings
+from modelseal.vault.server.app import create_app
+from modelseal.vault.server.devices import DeviceStore
+from modelseal.vault.server.store import Principal, Store, verify_audit
 
 from .vault_inproc import StorageFaults, asgi_client
 

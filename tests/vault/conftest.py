@@ -23,9 +23,9 @@ for _module in ("fastapi", "uvicorn", "sqlalchemy", "alembic", "httpx"):
 
 import httpx  # noqa: E402
 
-from modelseal.vault import datadir  # noqa: E402
 from modelseal.vault.client import VaultClient  # noqa: E402
-from modelseal.vault.store import sqlite_url  # noqa: E402
+from modelseal.vault.server import datadir  # noqa: E402
+from modelseal.vault.server.store import sqlite_url  # noqa: E402
 
 from .postgres import PostgresServer, PostgresUnavailable, requirements, running_postgres  # noqa: E402
 

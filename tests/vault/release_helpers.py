@@ -17,10 +17,10 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 import modelseal
 from modelseal.keyrelease import wire
-from modelseal.vault import datadir
 from modelseal.vault.client import DeviceIdentity, VaultRecipient
-from modelseal.vault.devices import DeviceStore
-from modelseal.vault.store import Principal, Store
+from modelseal.vault.server import datadir
+from modelseal.vault.server.devices import DeviceStore
+from modelseal.vault.server.store import Principal, Store
 
 from .conftest import VaultServer
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from modelseal.vault import datadir
+from modelseal.vault.server import datadir
 
 from .conftest import VaultServer, serve_process, stop_server, tls_context
 

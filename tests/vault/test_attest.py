@@ -35,8 +35,8 @@ from modelseal.device.report import Report, request_digest
 from modelseal.device.server import DeviceService
 from modelseal.keyrelease import wire
 from modelseal.vault.errors import PermissionDenied
-from modelseal.vault.http_common import DENIED_BODY
-from modelseal.vault.store import make_engine, sqlite_url, verify_audit
+from modelseal.vault.server.http_common import DENIED_BODY
+from modelseal.vault.server.store import make_engine, sqlite_url, verify_audit
 
 from .conftest import VaultServer
 from .release_helpers import Sealed, build_request, device, encodings, post, seal_model, unique
@@ -438,11 +438,11 @@ def test_migration_0004_adds_identity_and_nonces_to_an_existing_vault(tmp_path: 
     from alembic import command
     from alembic.config import Config
 
-    from modelseal.vault import store as store_module
-    from modelseal.vault.attestation import Attestation
-    from modelseal.vault.barrier import KeyFileBarrier
-    from modelseal.vault.devices import DeviceStore
-    from modelseal.vault.store import Store, upgrade_schema
+    from modelseal.vault.server import store as store_module
+    from modelseal.vault.server.attestation import Attestation
+    from modelseal.vault.server.barrier import KeyFileBarrier
+    from modelseal.vault.server.devices import DeviceStore
+    from modelseal.vault.server.store import Store, upgrade_schema
 
     engine = make_engine(sqlite_url(tmp_path))
     config = Config()
@@ -502,11 +502,11 @@ def test_challenges_per_device_are_bounded(vault: VaultServer, key_name: str, tm
 
 
 def test_max_report_age_is_configured_and_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from modelseal.vault import attestation
-    from modelseal.vault.barrier import KeyFileBarrier
-    from modelseal.vault.devices import DeviceStore, ReleaseDenied
     from modelseal.vault.errors import KeyServiceError
-    from modelseal.vault.store import Store, upgrade_schema
+    from modelseal.vault.server import attestation
+    from modelseal.vault.server.barrier import KeyFileBarrier
+    from modelseal.vault.server.devices import DeviceStore, ReleaseDenied
+    from modelseal.vault.server.store import Store, upgrade_schema
 
     monkeypatch.delenv(attestation.ENV_MAX_REPORT_AGE, raising=False)
     assert attestation.max_report_age_from_env() == attestation.DEFAULT_MAX_REPORT_AGE

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from modelseal.cli.main import main
-from modelseal.vault import datadir
 from modelseal.vault.errors import AuditChainError
-from modelseal.vault.store import Store, chain_hash, verify_audit
+from modelseal.vault.server import datadir
+from modelseal.vault.server.store import Store, chain_hash, verify_audit
 
 
 @pytest.fixture
@@ -87,7 +87,7 @@ def test_no_effect_without_its_audit_record(store: Store, monkeypatch: pytest.Mo
     def broken(*_: Any, **__: Any) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(store, "_audit", broken)
+    monkeypatch.setattr(store, "audit_in", broken)
     with pytest.raises(OSError):
         store.create_key(admin, "never")
     with pytest.raises(OSError):

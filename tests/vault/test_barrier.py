@@ -11,8 +11,9 @@ import pytest
 
 from modelseal.errors import KeyFileError
 from modelseal.keyrelease import datakeys
-from modelseal.vault import datadir
-from modelseal.vault.barrier import (
+from modelseal.vault.errors import KeyServiceError, Unavailable
+from modelseal.vault.server import datadir
+from modelseal.vault.server.barrier import (
     KeyFileBarrier,
     RootBarrier,
     create_root_key,
@@ -20,7 +21,6 @@ from modelseal.vault.barrier import (
     matches_key_check,
     read_root_key,
 )
-from modelseal.vault.errors import KeyServiceError, Unavailable
 
 
 def test_ciphertexts_are_bound_to_table_row_purpose() -> None:

@@ -19,7 +19,7 @@ from modelseal.keyfiles import load_identity, write_x25519_identity
 from modelseal.keyrelease import datakeys
 from modelseal.recipients import X25519Identity
 from modelseal.vault.errors import KeyServiceError, PermissionDenied
-from modelseal.vault.export import guard_fingerprint, open_bundle
+from modelseal.vault.server.export import guard_fingerprint, open_bundle
 
 from .conftest import VaultServer
 from .release_helpers import encodings

@@ -28,10 +28,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import modelseal
-from modelseal.vault import gateway as gateway_runner
 from modelseal.vault.client import VaultClient, VaultIdentity, VaultRecipient, read_token_file
-from modelseal.vault.gateway import Gateway
-from modelseal.vault.tls import new_ca
+from modelseal.vault.server import nginx as gateway_runner
+from modelseal.vault.server.nginx import Gateway
+from modelseal.vault.server.tls import new_ca
 
 from .conftest import VaultServer
 

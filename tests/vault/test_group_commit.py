@@ -22,11 +22,11 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from modelseal.vault.app import create_app
-from modelseal.vault.devices import DeviceStore
-from modelseal.vault.group_commit import GroupCommitter
-from modelseal.vault.overload import ReleaseGate, ReleaseSettings
-from modelseal.vault.store import Principal, Store, verify_audit
+from modelseal.vault.server.admission import ReleaseGate, ReleaseSettings
+from modelseal.vault.server.app import create_app
+from modelseal.vault.server.devices import DeviceStore
+from modelseal.vault.server.group_commit import GroupCommitter
+from modelseal.vault.server.store import Principal, Store, verify_audit
 
 from .release_helpers import Request, Sealed, build_request, local_vault, open_answer
 
@@ -93,7 +93,7 @@ def post_grouped(vault: Vault, bodies: list[dict[str, Any]]) -> list[httpx.Respo
     """The first body alone, then all the others as ONE group: the writer's first transaction is
     held (its thread blocks, the event loop runs on) until every other release is queued."""
     store, committer = vault.store, vault.committer
-    real_write = store._write
+    real_write = store.write_session
     release = threading.Event()
     held = [False]
 
@@ -120,20 +120,20 @@ def post_grouped(vault: Vault, bodies: list[dict[str, Any]]) -> list[httpx.Respo
             release.set()
             return [await first, *[await task for task in rest]]
 
-    store._write = write  # type: ignore[method-assign]
+    store.write_session = write  # type: ignore[method-assign]
     try:
         return asyncio.run(go())
     finally:
         release.set()
-        store._write = real_write  # type: ignore[method-assign]
+        store.write_session = real_write  # type: ignore[method-assign]
 
 
 def failing_commits(
     store: Store, fail: Callable[[int], bool]
 ) -> Callable[[], AbstractContextManager[Session]]:
-    """A ``Store._write`` whose n-th transaction (1-based) on the writer thread fails at COMMIT
+    """A ``Store.write_session`` whose n-th transaction (1-based) on the writer thread fails at COMMIT
     when ``fail(n)``: SQLAlchemy runs its commit, the before_commit hook raises, it rolls back."""
-    real_write = store._write
+    real_write = store.write_session
     count = [0]
 
     @contextmanager
@@ -192,7 +192,7 @@ def test_a_nonce_replayed_inside_one_group_is_refused(vault: Vault) -> None:
 def test_a_failed_group_commit_answers_no_200(vault: Vault, monkeypatch: pytest.MonkeyPatch) -> None:
     requests = vault.requests(12)
     # Every transaction of the writer fails: the group's and each single retry's.
-    monkeypatch.setattr(vault.store, "_write", failing_commits(vault.store, lambda n: n >= 2))
+    monkeypatch.setattr(vault.store, "write_session", failing_commits(vault.store, lambda n: n >= 2))
     answers = post_grouped(vault, [r.body for r in requests])
     statuses = [a.status_code for a in answers]
     assert statuses[0] == 200  # the first committed alone, before the failures began
@@ -218,7 +218,7 @@ def test_a_failed_group_commit_answers_no_200(vault: Vault, monkeypatch: pytest.
 def test_a_failed_group_is_retried_release_by_release(vault: Vault, monkeypatch: pytest.MonkeyPatch) -> None:
     requests = vault.requests(12)
     # Only the group's transaction (the writer's 2nd) fails; each release is then retried alone.
-    monkeypatch.setattr(vault.store, "_write", failing_commits(vault.store, lambda n: n == 2))
+    monkeypatch.setattr(vault.store, "write_session", failing_commits(vault.store, lambda n: n == 2))
     answers = post_grouped(vault, [r.body for r in requests])
     monkeypatch.undo()
     assert [a.status_code for a in answers] == [200] * 12
@@ -239,7 +239,7 @@ def test_a_release_that_fails_alone_does_not_sink_its_group(
 ) -> None:
     requests = vault.requests(8)
     victim = requests[4].body["nonce"]
-    real_audit = vault.store._audit
+    real_audit = vault.store.audit_in
 
     def audit(session: Session, domain: str, op: str, actor: str, **details: Any) -> None:
         # The audit record of one release can't be written (whatever the transaction).
@@ -250,7 +250,7 @@ def test_a_release_that_fails_alone_does_not_sink_its_group(
     import base64
 
     nonce_hmac = vault.store.secret_digest("release nonce", base64.b64decode(victim))
-    monkeypatch.setattr(vault.store, "_audit", audit)
+    monkeypatch.setattr(vault.store, "audit_in", audit)
     answers = post_grouped(vault, [r.body for r in requests])
     statuses = [a.status_code for a in answers]
     assert statuses == [200, 200, 200, 200, 503, 200, 200, 200]

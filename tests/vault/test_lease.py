@@ -18,10 +18,10 @@ import httpx
 import pytest
 
 from modelseal.keyrelease import wire
-from modelseal.vault import datadir
-from modelseal.vault.app import create_app
 from modelseal.vault.client import VaultClient
 from modelseal.vault.errors import PermissionDenied
+from modelseal.vault.server import datadir
+from modelseal.vault.server.app import create_app
 
 from .conftest import VaultServer
 from .release_helpers import Sealed, build_request, device, opens, post, seal_model, unique

@@ -10,12 +10,12 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-import modelseal.vault.devices  # noqa: F401 - registers the second increment's tables on Base
-from modelseal.vault import store as store_module
-from modelseal.vault.barrier import KeyFileBarrier
-from modelseal.vault.devices import DeviceStore
-from modelseal.vault.models import ModelRecord  # noqa: F401 - registers the repository's table on Base
-from modelseal.vault.store import Base, Store, make_engine, sqlite_url, upgrade_schema
+import modelseal.vault.server.devices  # noqa: F401 - registers the second increment's tables on Base
+from modelseal.vault.server import store as store_module
+from modelseal.vault.server.barrier import KeyFileBarrier
+from modelseal.vault.server.devices import DeviceStore
+from modelseal.vault.server.repository import ModelRecord  # noqa: F401 - registers the repository's table on Base
+from modelseal.vault.server.store import Base, Store, make_engine, sqlite_url, upgrade_schema
 
 
 def test_upgrade_from_0001_keeps_keys_and_matches_the_models(tmp_path: Path) -> None:

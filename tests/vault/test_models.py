@@ -18,10 +18,10 @@ import pytest
 import modelseal
 from modelseal.cli.main import main
 from modelseal.keyrelease import wire
-from modelseal.vault import datadir
-from modelseal.vault.app import create_app
 from modelseal.vault.client import VaultClient
 from modelseal.vault.errors import KeyServiceError, PermissionDenied
+from modelseal.vault.server import datadir
+from modelseal.vault.server.app import create_app
 
 from .conftest import VaultServer
 from .release_helpers import Sealed, device, seal_model, unique

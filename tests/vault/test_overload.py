@@ -20,10 +20,10 @@ from typing import Any
 import httpx
 import pytest
 
-from modelseal.vault import datadir
-from modelseal.vault.app import create_app
-from modelseal.vault.overload import ReleaseSettings
-from modelseal.vault.store import make_engine, sqlite_url, verify_audit
+from modelseal.vault.server import datadir
+from modelseal.vault.server.admission import ReleaseSettings
+from modelseal.vault.server.app import create_app
+from modelseal.vault.server.store import make_engine, sqlite_url, verify_audit
 
 from .conftest import VaultServer, _free_port, stop_server
 from .release_helpers import build_request, device, local_vault, open_answer, seal_model

@@ -21,9 +21,9 @@ from softhsm import PIN, SoftToken, soft_token
 
 from modelseal.errors import KeyFileError, UsageError
 from modelseal.pkcs11util import load_module
-from modelseal.vault import datadir
 from modelseal.vault.errors import KeyServiceError
-from modelseal.vault.pkcs11_root import Pkcs11Options, open_root
+from modelseal.vault.server import datadir
+from modelseal.vault.server.roots.pkcs11 import Pkcs11Options, open_root
 
 from .conftest import serve_process, stop_server
 

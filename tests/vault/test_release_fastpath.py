@@ -23,12 +23,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from modelseal.service.logs import JsonLog
-from modelseal.vault import app as app_module
-from modelseal.vault.app import create_app
-from modelseal.vault.devices import _ADD_LICENCE_DEVICE, DeviceStore, Licence
-from modelseal.vault.group_commit import CommitQueueFull
-from modelseal.vault.http_common import DENIED_BODY
-from modelseal.vault.overload import ReleaseSettings
+from modelseal.vault.server import app as app_module
+from modelseal.vault.server.admission import ReleaseSettings
+from modelseal.vault.server.app import create_app
+from modelseal.vault.server.devices import _ADD_LICENCE_DEVICE, DeviceStore, Licence
+from modelseal.vault.server.group_commit import CommitQueueFull
+from modelseal.vault.server.http_common import DENIED_BODY
 
 from .release_helpers import LocalVault, build_request, local_vault, open_answer
 from .test_group_commit import Vault, post_grouped
@@ -203,7 +203,7 @@ def test_licence_uses_inside_one_group_are_counted_and_capped(limited: Vault) ->
 
 def test_a_driver_error_is_raised_as_sqlalchemys_without_the_parameters(limited: Vault) -> None:
     devices = DeviceStore(limited.store)
-    with limited.store._write() as session:
+    with limited.store.write_session() as session:
         device = devices.find_device(session, "default", "cam0")[1]
         licence = session.execute(select(Licence.id).where(Licence.name == "l")).scalar()
         assert device is not None and licence is not None

@@ -13,8 +13,8 @@ import json
 import sqlite3
 from pathlib import Path
 
-from modelseal.vault.barrier import KeyFileBarrier
-from modelseal.vault.store import Store, make_engine, sqlite_url
+from modelseal.vault.server.barrier import KeyFileBarrier
+from modelseal.vault.server.store import Store, make_engine, sqlite_url
 
 from .conftest import VaultServer
 from .release_helpers import build_request, open_answer, post, seal_model, unique

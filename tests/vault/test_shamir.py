@@ -21,11 +21,11 @@ import httpx
 import pytest
 
 from modelseal.errors import OutputError, UsageError
-from modelseal.vault import datadir
-from modelseal.vault.barrier import ROOT_KEY_SIZE
 from modelseal.vault.client import VaultClient, read_token_file
 from modelseal.vault.errors import KeyServiceError
-from modelseal.vault.shamir_root import (
+from modelseal.vault.server import datadir
+from modelseal.vault.server.barrier import ROOT_KEY_SIZE
+from modelseal.vault.server.roots.shamir import (
     ShamirBarrier,
     ShamirOptions,
     ShareError,

@@ -36,12 +36,12 @@ import modelseal.vault
 from modelseal.cli.main import main
 from modelseal.errors import OutputError
 from modelseal.keyrelease import wire
-from modelseal.vault import datadir
-from modelseal.vault import store as store_module
-from modelseal.vault.barrier import KeyFileBarrier
-from modelseal.vault.devices import DeviceStore, ReleaseDenied, ReleaseRequest
 from modelseal.vault.errors import AuditChainError, KeyServiceError, NotFound, PermissionDenied, Unavailable
-from modelseal.vault.store import (
+from modelseal.vault.server import datadir
+from modelseal.vault.server import store as store_module
+from modelseal.vault.server.barrier import KeyFileBarrier
+from modelseal.vault.server.devices import DeviceStore, ReleaseDenied, ReleaseRequest
+from modelseal.vault.server.store import (
     Base,
     Domain,
     MasterKey,
@@ -186,7 +186,7 @@ def test_every_migration_applies_and_matches_the_models(vault: Vault) -> None:
 
 _UPGRADE = """
 import sys
-from modelseal.vault.store import make_engine, upgrade_schema
+from modelseal.vault.server.store import make_engine, upgrade_schema
 engine = make_engine(sys.argv[1])
 engine.connect().close()  # connected before the start signal
 print("ready", flush=True)
@@ -510,7 +510,7 @@ def test_no_effect_without_its_audit_record(vault: Vault, monkeypatch: pytest.Mo
     def broken(*_: Any, **__: Any) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(s, "_audit", broken)
+    monkeypatch.setattr(s, "audit_in", broken)
     for call in (
         lambda: s.create_key(admin, "never"),
         lambda: s.rotate_key(admin, "k"),

@@ -151,7 +151,7 @@ def _server_commands(groups: Subcommands) -> None:
         metavar="SIZE",
         help="largest model upload accepted, bytes or with K/M/G/T (default 64G)",
     )
-    # Key-release capacity (overload.py, group_commit.py); defaults are overload.DEFAULT_*.
+    # Key-release capacity (vault/server/admission.py, group_commit.py); defaults are admission.DEFAULT_*.
     p.add_argument(
         "--max-inflight",
         type=int,

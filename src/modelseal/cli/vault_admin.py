@@ -157,7 +157,7 @@ def cmd_token_revoke(args: argparse.Namespace) -> None:
 def cmd_key_export(args: argparse.Namespace) -> None:
     from modelseal.fileio import atomic_output
     from modelseal.keyfiles import parse_recipient, x25519_recipient_string
-    from modelseal.vault.export import guard_fingerprint, parse_bundle
+    from modelseal.vault.server import guard_fingerprint, parse_bundle
 
     guard = parse_recipient(args.guard_pub)  # the text form, or a file holding it (or PEM)
     if not args.force and Path(args.output).exists():

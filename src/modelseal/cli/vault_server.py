@@ -20,8 +20,7 @@ def _listen(text: str) -> tuple[str, int]:
 
 def _root_options(args: argparse.Namespace) -> tuple[Any, Any]:
     """(ShamirOptions | None, Pkcs11Options | None) from init's flags; each set belongs to one root."""
-    from modelseal.vault.pkcs11_root import Pkcs11Options
-    from modelseal.vault.shamir_root import ShamirOptions
+    from modelseal.vault.server import Pkcs11Options, ShamirOptions
 
     shamir = {"--shares": args.shares, "--threshold": args.threshold, "--share-dir": args.share_dir}
     pkcs11 = {"--module": args.module, "--token": args.token, "--pin-file": args.pin_file}
@@ -42,19 +41,19 @@ def _root_options(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def cmd_init(args: argparse.Namespace) -> None:
     require_vault_extra()
-    from modelseal.vault import datadir
+    from modelseal.vault import server
 
     shamir, pkcs11 = _root_options(args)
-    token = datadir.init(args.data, args.root, args.database, shamir=shamir, pkcs11=pkcs11)
+    token = server.init(args.data, args.root, args.database, shamir=shamir, pkcs11=pkcs11)
     root = {
-        "key-file": f"root key ({args.data}/{datadir.ROOT_FILE})",
+        "key-file": f"root key ({args.data}/{server.ROOT_FILE})",
         "shamir": f"root split into {args.shares} shares in {args.share_dir} (any {args.threshold} "
         "unseal it: hand each to its keeper, then delete it there; the vault starts sealed)",
         "pkcs11": f"root encrypted by a non-extractable key in PKCS#11 token {args.token!r}",
     }[args.root]
     print(
         f"initialised a vault in {args.data}: {root}, database, TLS CA ({args.data}/tls/ca.pem); "
-        f"the first admin token is in {args.data}/{datadir.TOKEN_FILE} and below (shown once):",
+        f"the first admin token is in {args.data}/{server.TOKEN_FILE} and below (shown once):",
         file=sys.stderr,
     )
     print(token)
@@ -62,11 +61,11 @@ def cmd_init(args: argparse.Namespace) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     require_vault_extra()
-    from modelseal.vault import datadir
+    from modelseal.vault import server
 
     host, port = _listen(args.listen)
     # The --insecure-http warning is a JSON log line of serve's, like everything it writes.
-    datadir.serve(
+    server.serve(
         args.data,
         host,
         port,
@@ -84,7 +83,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 def _release_settings(args: argparse.Namespace) -> Any:
     """serve's key-release capacity flags (overload.ReleaseSettings); bad values are usage errors."""
-    from modelseal.vault.overload import ReleaseSettings
+    from modelseal.vault.server import ReleaseSettings
 
     try:
         return ReleaseSettings(
@@ -122,7 +121,7 @@ def cmd_seal_vault(args: argparse.Namespace) -> None:
 
 def cmd_unseal(args: argparse.Namespace) -> None:
     require_vault_extra()
-    from modelseal.vault.shamir_root import parse_share, read_share_file
+    from modelseal.vault.server import parse_share, read_share_file
 
     if args.share_file:
         share = read_share_file(args.share_file)
@@ -149,13 +148,7 @@ def cmd_unseal(args: argparse.Namespace) -> None:
 
 def cmd_audit_verify(args: argparse.Namespace) -> None:
     require_vault_extra()
-    from modelseal.vault.datadir import DataDir
-    from modelseal.vault.store import make_engine, sqlite_url, verify_audit
+    from modelseal.vault.server import verify_audit
 
-    DataDir(Path(args.data)).config()
-    engine = make_engine(args.database or sqlite_url(args.data))
-    try:
-        count = verify_audit(engine)
-    finally:
-        engine.dispose()
+    count = verify_audit(args.data, args.database)
     print(f"audit chain intact: {count} record(s)", file=sys.stderr)

@@ -2,7 +2,7 @@
 
 Only fields the agent chose are written — never a body or a header value other than the device
 name — so nothing a container sends (MACs, nonces, ephemeral keys) or the vault answers (sealed
-keys) can reach a log. The vault's request log (modelseal.vault.metrics) writes through the same
+keys) can reach a log. The vault's request log (modelseal.vault.server.metrics) writes through the same
 class, so both services' lines parse the same way.
 """
 

@@ -1,10 +1,13 @@
-"""The vault: modelseal's key service (master keys, data keys, devices, release, audit).
+"""The vault: modelseal's key service (master keys, data keys, devices, policies, licences, the
+HPKE-sealed key release, the model repository, the hash-chained audit).
 
-What exists: a key-file root (barrier), master keys with versions, data keys for the `vault`
-recipient stanza, admin/operator/auditor tokens, devices with PSKs, policies, licences, the
-HPKE-sealed key release (``device_identity.DeviceIdentity`` on the device side), a hash-chained
-audit, a REST API and its client. What does not yet: group commit, Shamir/PKCS#11 roots, the model
-repository (see docs/vault-api.md). Importing this package needs no optional dependency; its modules do.
+errors   the vault's errors (exit codes 12-16), shared by both sides
+client/  what owners and devices run: VaultClient, VaultRecipient/VaultIdentity, DeviceIdentity
+         (httpx only: ``pip install 'modelseal[edge]'``)
+server/  the key service itself (``pip install 'modelseal[vault]'``): storage, barrier, release, HTTP
+
+Importing this package needs no optional dependency; ``client`` needs httpx, ``server`` the vault extra.
+See docs/architecture.md for what may import what, docs/vault-api.md for the API.
 """
 
 from .errors import AuditChainError, KeyServiceError, NotFound, PermissionDenied, Unavailable

@@ -321,7 +321,7 @@ class VaultClient:
 
     def export_key(self, name: str, guard_public: str) -> dict[str, Any]:
         """Every version of a master key HPKE-sealed to ``guard_public`` (an ms-x25519: string);
-        open it with modelseal.vault.export.open_bundle and the guard's identity."""
+        open it with modelseal.vault.server.export.open_bundle and the guard's identity."""
         return self._call("POST", self._key(name) + "/export", json={"guard_public": guard_public})
 
     def audit(self, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:

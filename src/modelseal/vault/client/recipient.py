@@ -7,7 +7,7 @@ only ever unwrap to the data key the vault made.
 
 Opening: ``VaultIdentity`` sends each `vault` stanza to the vault's unwrap route, which is for
 admins and operators; devices use key release (PSK proof, policy, licence, HPKE-sealed answer)
-through ``device_identity.DeviceIdentity``, behind the same Identity interface.
+through ``device.DeviceIdentity``, behind the same Identity interface.
 """
 
 from __future__ import annotations

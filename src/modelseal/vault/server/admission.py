@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..service.http import NO_STORE
+from ...service.http import NO_STORE
 from .devices import DeviceStore
 from .group_commit import CommitQueueFull, Decide, GroupCommitter, OnConflict
 

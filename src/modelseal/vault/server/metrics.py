@@ -54,9 +54,9 @@ from sqlalchemy import func, select
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..service.http import NO_STORE
-from ..service.logs import JsonLog, JsonLogHandler
-from .errors import PermissionDenied
+from ...service.http import NO_STORE
+from ...service.logs import JsonLog, JsonLogHandler
+from ..errors import PermissionDenied
 from .http_common import API_PREFIX
 from .store import AuditRecord, Principal, Store
 

@@ -21,12 +21,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..keyrelease.wire import DEFAULT_DOMAIN
-from ..service.http import NO_STORE, error_response, read_bounded
+from ...keyrelease.wire import DEFAULT_DOMAIN
+from ...service.http import NO_STORE, error_response, read_bounded
+from ..errors import KeyServiceError
 from .barrier import Barrier, Unsealable
-from .errors import KeyServiceError
 from .http_common import API_PREFIX
-from .shamir_root import MAX_SHARE_TEXT, UnsealRateLimited
+from .roots.shamir import MAX_SHARE_TEXT, UnsealRateLimited
 from .store import Principal, Store
 
 SYS_PREFIX = f"{API_PREFIX}/sys/"

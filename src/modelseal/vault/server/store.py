@@ -49,11 +49,11 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from ..keyrelease import datakeys
-from ..keyrelease.wire import DEFAULT_DOMAIN
+from ...keyrelease import datakeys
+from ...keyrelease.wire import DEFAULT_DOMAIN
+from ..errors import AuditChainError, KeyServiceError, NotFound, PermissionDenied, Unavailable
 from . import writer_lock
 from .barrier import Barrier
-from .errors import AuditChainError, KeyServiceError, NotFound, PermissionDenied, Unavailable
 from .hot_sql import HotStatement
 
 ROLES = ("admin", "operator", "auditor")
@@ -199,7 +199,7 @@ def make_engine(url: str) -> Engine:
             # pre_ping: a restarted or failed-over server costs one retry, not a failed request.
             engine = create_engine(parsed, pool_pre_ping=True, connect_args={"connect_timeout": 10})
         except ImportError:
-            from ..errors import RuntimeUnavailableError
+            from ...errors import RuntimeUnavailableError
 
             raise RuntimeUnavailableError("psycopg", "vault") from None
         _configure_postgresql(engine)
@@ -377,7 +377,7 @@ class Store:
         self._writer_lock = writer_lock.for_engine(engine)
 
     @contextmanager
-    def _write(self) -> Iterator[Session]:
+    def write_session(self) -> Iterator[Session]:
         with (
             self._writer_lock(),
             Session(self._writer, expire_on_commit=False) as session,
@@ -386,26 +386,26 @@ class Store:
             yield session
 
     @contextmanager
-    def _write_batch(self) -> Iterator[Session]:
-        """``_write`` for a group of key releases: its audit records are inserted together, when
-        it commits (see _audit). Takes no savepoints: a record pending from before one would be
+    def write_batch(self) -> Iterator[Session]:
+        """``write_session`` for a group of key releases: its audit records are inserted together, when
+        it commits (see audit_in). Takes no savepoints: a record pending from before one would be
         inserted inside it."""
-        with self._write() as session:
+        with self.write_session() as session:
             session.info[_AUDIT_PENDING_KEY] = []
             event.listen(session, "before_commit", _insert_pending_audit)
             yield session
 
     @contextmanager
-    def _read(self) -> Iterator[Session]:
+    def read_session(self) -> Iterator[Session]:
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
             yield session
 
     # The audit record is added to the caller's session: it commits or rolls back with the effect.
-    def _audit(self, session: Session, domain: str, op: str, actor: str, **details: Any) -> None:
+    def audit_in(self, session: Session, domain: str, op: str, actor: str, **details: Any) -> None:
         # Prebuilt statements on the session's connection, after flushing the effect the record
         # follows (HotStatement flushes): through the ORM the head read + insert + flush cost
         # ~0.45 ms of CPU a record, a large share of a key release (group commit writes one per
-        # release). In a _write_batch transaction the records are inserted in one executemany as
+        # release). In a write_batch transaction the records are inserted in one executemany as
         # it commits (before_commit: still in the transaction of their effects, and if the insert
         # fails everything rolls back), one round trip on PostgreSQL instead of one per release.
         # The head this transaction last wrote, if it wrote one: it holds the write lock, so no one
@@ -446,9 +446,9 @@ class Store:
         """How a secret appears in the audit: an HMAC under the root, never the secret."""
         return self.barrier.hmac(purpose, secret).hex()
 
-    def _operation(self, who: Principal, op: str, target: str, fn: Callable[[Session], T]) -> T:
+    def operation(self, who: Principal, op: str, target: str, fn: Callable[[Session], T]) -> T:
         try:
-            with self._write() as session:
+            with self.write_session() as session:
                 return fn(session)
         except KeyServiceError as e:
             if e.status in (400, 403, 404, 409):
@@ -457,8 +457,8 @@ class Store:
 
     def record_refusal(self, who: Principal, op: str, target: str, error: KeyServiceError) -> None:
         try:
-            with self._write() as session:
-                self._audit(session, who.domain, op, who.accessor, target=target, outcome=error.code)
+            with self.write_session() as session:
+                self.audit_in(session, who.domain, op, who.accessor, target=target, outcome=error.code)
         except Exception:  # noqa: S110 - the refusal stands whether or not it could be recorded
             pass
 
@@ -473,10 +473,10 @@ class Store:
     def bootstrap_admin(self, domain: str = DEFAULT_DOMAIN) -> str:
         """The first admin token (init only); returns it once, stores only its hash."""
         token = new_token()
-        with self._write() as session:
+        with self.write_session() as session:
             domain_id = self.domain_id(session, domain)
             accessor = self._insert_token(session, token, "admin", domain_id, "initial admin")
-            self._audit(session, domain, "token.bootstrap", "init", token_accessor=accessor, role="admin")
+            self.audit_in(session, domain, "token.bootstrap", "init", token_accessor=accessor, role="admin")
         return token
 
     def _insert_token(self, session: Session, token: str, role: str, domain_id: int, name: str) -> str:
@@ -497,7 +497,7 @@ class Store:
     def authenticate(self, token: str | None) -> Principal:
         if not token:
             raise PermissionDenied("missing bearer token", code="unauthenticated", status=401)
-        with self._read() as session:
+        with self.read_session() as session:
             row = session.execute(
                 select(Token, Domain.name)
                 .join(Domain, Domain.id == Token.domain_id)
@@ -521,10 +521,12 @@ class Store:
 
         def run(session: Session) -> str:
             accessor = self._insert_token(session, token, role, who.domain_id, name)
-            self._audit(session, who.domain, "token.create", who.accessor, token_accessor=accessor, role=role)
+            self.audit_in(
+                session, who.domain, "token.create", who.accessor, token_accessor=accessor, role=role
+            )
             return accessor
 
-        return token, self._operation(who, "token.create", role, run)
+        return token, self.operation(who, "token.create", role, run)
 
     # --- master keys -----------------------------------------------------------------------------
 
@@ -596,28 +598,28 @@ class Store:
             session.add(key)
             session.flush()
             self._add_version(session, key, 1)
-            self._audit(session, who.domain, "key.create", who.accessor, key=name, version=1)
+            self.audit_in(session, who.domain, "key.create", who.accessor, key=name, version=1)
             return self._info(session, key)
 
-        return self._operation(who, "key.create", name, run)
+        return self.operation(who, "key.create", name, run)
 
     def list_keys(self, who: Principal) -> list[str]:
         def run(session: Session) -> list[str]:
             names = session.execute(
                 select(MasterKey.name).where(MasterKey.domain_id == who.domain_id).order_by(MasterKey.name)
             ).scalars()
-            self._audit(session, who.domain, "key.list", who.accessor)
+            self.audit_in(session, who.domain, "key.list", who.accessor)
             return list(names)
 
-        return self._operation(who, "key.list", "", run)
+        return self.operation(who, "key.list", "", run)
 
     def read_key(self, who: Principal, name: str) -> KeyInfo:
         def run(session: Session) -> KeyInfo:
             info = self._info(session, self._key(session, who, name))
-            self._audit(session, who.domain, "key.read", who.accessor, key=name)
+            self.audit_in(session, who.domain, "key.read", who.accessor, key=name)
             return info
 
-        return self._operation(who, "key.read", name, run)
+        return self.operation(who, "key.read", name, run)
 
     def rotate_key(self, who: Principal, name: str) -> KeyInfo:
         def run(session: Session) -> KeyInfo:
@@ -625,10 +627,12 @@ class Store:
             key.latest_version += 1
             self._add_version(session, key, key.latest_version)
             session.flush()
-            self._audit(session, who.domain, "key.rotate", who.accessor, key=name, version=key.latest_version)
+            self.audit_in(
+                session, who.domain, "key.rotate", who.accessor, key=name, version=key.latest_version
+            )
             return self._info(session, key)
 
-        return self._operation(who, "key.rotate", name, run)
+        return self.operation(who, "key.rotate", name, run)
 
     def config_key(
         self, who: Principal, name: str, *, min_decryption_version: int | None, disabled: bool | None
@@ -645,7 +649,7 @@ class Store:
             if disabled is not None:
                 key.disabled = disabled
             session.flush()
-            self._audit(
+            self.audit_in(
                 session,
                 who.domain,
                 "key.config",
@@ -656,7 +660,7 @@ class Store:
             )
             return self._info(session, key)
 
-        return self._operation(who, "key.config", name, run)
+        return self.operation(who, "key.config", name, run)
 
     def _usable(self, key: MasterKey) -> None:
         if key.disabled:
@@ -671,7 +675,7 @@ class Store:
             version = key.latest_version
             mek = os.urandom(datakeys.DATA_KEY_SIZE)
             wrapped = datakeys.wrap(self._material(session, key, version), name, version, mek)
-            self._audit(
+            self.audit_in(
                 session,
                 who.domain,
                 "key.datakey",
@@ -684,7 +688,7 @@ class Store:
             )
             return DataKey(name, version, wrapped, mek)
 
-        return self._operation(who, "key.datakey", name, run)
+        return self.operation(who, "key.datakey", name, run)
 
     def unwrap(self, who: Principal, name: str, version: int, wrapped: bytes) -> bytes:
         """The MEK of a `vault` stanza body. Admin/operator only in this increment (see app.py)."""
@@ -700,7 +704,7 @@ class Store:
                     status=409,
                 )
             mek = datakeys.unwrap(self._material(session, key, version), name, version, wrapped)
-            self._audit(
+            self.audit_in(
                 session,
                 who.domain,
                 "key.unwrap",
@@ -712,17 +716,17 @@ class Store:
             )
             return mek
 
-        return self._operation(who, "key.unwrap", name, run)
+        return self.operation(who, "key.unwrap", name, run)
 
     def record(self, who: Principal, op: str, **details: Any) -> None:
         """An audit record for an operation with no stored effect (seal, audit reads)."""
-        with self._write() as session:
-            self._audit(session, who.domain, op, who.accessor, **details)
+        with self.write_session() as session:
+            self.audit_in(session, who.domain, op, who.accessor, **details)
 
     # --- audit -----------------------------------------------------------------------------------
 
     def audit_records(self, who: Principal, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
-        with self._read() as session:
+        with self.read_session() as session:
             rows = session.execute(
                 select(AuditRecord)
                 .where(AuditRecord.seq > after, AuditRecord.domain == who.domain)

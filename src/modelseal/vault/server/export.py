@@ -34,12 +34,12 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from ..errors import FormatError, IntegrityError, KeyFileError, NoMatchingIdentityError
-from ..fileio import read_small_file
-from ..keyfiles import X25519_PREFIX, parse_recipient
-from ..keyrelease import wire
-from ..recipients import X25519Identity
-from .errors import KeyServiceError
+from ...errors import FormatError, IntegrityError, KeyFileError, NoMatchingIdentityError
+from ...fileio import read_small_file
+from ...keyfiles import X25519_PREFIX, parse_recipient
+from ...keyrelease import wire
+from ...recipients import X25519Identity
+from ..errors import KeyServiceError
 
 # The guard's side (open_bundle) needs only `cryptography`: storage and the web framework are
 # imported where the vault uses them, so a guard machine needs no `vault` extra.
@@ -164,7 +164,7 @@ def export_key(store: Store, who: Principal, name: str, guard: X25519PublicKey) 
             materials={v: store._material(session, key, v) for v in versions},
             guard=guard,
         )
-        store._audit(
+        store.audit_in(
             session,
             who.domain,
             "key.export",
@@ -175,7 +175,7 @@ def export_key(store: Store, who: Principal, name: str, guard: X25519PublicKey) 
         )
         return bundle
 
-    return store._operation(who, "key.export", name, run)
+    return store.operation(who, "key.export", name, run)
 
 
 # --- the guard's side -------------------------------------------------------------------------------

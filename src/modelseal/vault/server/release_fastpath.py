@@ -30,7 +30,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from .barrier import Barrier
 from .metrics import RequestRecorder
-from .unseal_api import SEALED_RETRY_AFTER
+from .shares_api import SEALED_RETRY_AFTER
 
 RELEASE_PATH = "/v1/release"
 Endpoint = Callable[[Request], Awaitable[Response]]

@@ -34,11 +34,13 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from ..device.errors import AttestationError
-from ..device.report import MAX_CLOCK_SKEW, MAX_REPORT_SIZE, Report
-from ..keyrelease import datakeys, wire
-from ..keyrelease.wire import DEFAULT_DOMAIN
-from ..service.http import NO_STORE, error_response, read_bounded
+from ...device.errors import AttestationError
+from ...device.report import MAX_CLOCK_SKEW, MAX_REPORT_SIZE, Report
+from ...keyrelease import datakeys, wire
+from ...keyrelease.wire import DEFAULT_DOMAIN
+from ...service.http import NO_STORE, error_response, read_bounded
+from ..errors import KeyServiceError, Unavailable
+from .admission import ReleaseGate, ReleaseSettings, queue_full_response
 from .devices import (
     LOCKOUT_FAILURES,
     LOCKOUT_WINDOW_SECONDS,
@@ -48,7 +50,6 @@ from .devices import (
     DeviceStore,
     ReleaseDenied,
 )
-from .errors import KeyServiceError, Unavailable
 from .group_commit import CommitQueueFull
 from .http_common import (
     DENIED_BODY,
@@ -58,7 +59,6 @@ from .http_common import (
     release_int,
     release_name,
 )
-from .overload import ReleaseGate, ReleaseSettings, queue_full_response
 from .store import Principal, Store
 
 ENV_MAX_REPORT_AGE = "MODELSEAL_VAULT_ATTEST_MAX_AGE"
@@ -168,7 +168,7 @@ class Attestation:
             # Challenges issued under the old key are void: the new key could not sign for them.
             session.execute(delete(AttestNonce).where(AttestNonce.device_id == device.id))
             session.flush()
-            self.store._audit(
+            self.store.audit_in(
                 session,
                 who.domain,
                 "device.enroll",
@@ -180,7 +180,7 @@ class Attestation:
             )
             return self.devices._meta(session, device)
 
-        return self.store._operation(who, "device.enroll", name, run)
+        return self.store.operation(who, "device.enroll", name, run)
 
     # --- challenge (no token) ---------------------------------------------------------------------
 
@@ -192,7 +192,7 @@ class Attestation:
         """
         nonce = os.urandom(wire.ATTEST_NONCE_SIZE)
         at = time.time()
-        with self.store._write() as session:
+        with self.store.write_session() as session:
             _, device = self.devices.find_device(session, domain, name)
             if (
                 device is None
@@ -241,9 +241,9 @@ class Attestation:
 
     def _record_conflict(self, req: AttestedRelease) -> None:
         try:
-            with self.store._write() as session:
+            with self.store.write_session() as session:
                 # Only a known device's decision gets as far as a unique index: its names are real.
-                self.store._audit(
+                self.store.audit_in(
                     session,
                     req.domain,
                     "key.release",
@@ -404,7 +404,7 @@ def add_routes(
 ) -> Attestation:
     """Register enrolment (FastAPI, token) and challenge + release (plain Starlette, no token).
 
-    ``gate`` (overload.py) is the PSK release's: one in-flight limit and one group committer.
+    ``gate`` (admission.py) is the PSK release's: one in-flight limit and one group committer.
     """
     store = devices.store
     service = Attestation(devices, max_report_age=max_report_age_from_env())

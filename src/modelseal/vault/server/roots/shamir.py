@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import KeyFileError, OutputError, RuntimeUnavailableError, UsageError
-from .barrier import KEY_CHECK_SIZE, ROOT_KEY_SIZE, RootBarrier, key_check, matches_key_check
-from .errors import KeyServiceError
+from ....errors import KeyFileError, OutputError, RuntimeUnavailableError, UsageError
+from ...errors import KeyServiceError
+from ..barrier import KEY_CHECK_SIZE, ROOT_KEY_SIZE, RootBarrier, key_check, matches_key_check
 
 SHARE_VERSION = "msvault1"
 MAX_SHARES = 255  # share indices are small positive integers; 255 as in HashiCorp Vault

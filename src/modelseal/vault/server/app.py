@@ -20,11 +20,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 
-from ..service.http import NO_STORE, error_response, read_bounded
-from ..service.logs import JsonLog
+from ...service.http import NO_STORE, error_response, read_bounded
+from ...service.logs import JsonLog
+from ..errors import KeyServiceError, PermissionDenied, Unavailable
 from . import metrics
+from .admission import ReleaseGate, ReleaseSettings, queue_full_response
 from .devices import DeviceStore, ReleaseDenied
-from .errors import KeyServiceError, PermissionDenied, Unavailable
 from .group_commit import CommitQueueFull
 from .http_common import (
     API_PREFIX,
@@ -36,7 +37,6 @@ from .http_common import (
     BadRelease,
     parse_release,
 )
-from .overload import ReleaseGate, ReleaseSettings, queue_full_response
 from .release_fastpath import ReleaseFastPath, VaultAPI
 from .store import Principal, Store
 from .tokens import TokenStore
@@ -156,9 +156,9 @@ def create_app(
 
     # POST /v1/sys/unseal (Shamir shares), GET /v1/sys/seal-status, and the guard that answers 503
     # with Retry-After on every other route while sealed.
-    from . import unseal_api
+    from . import shares_api
 
-    unseal_api.add_routes(app, store)
+    shares_api.add_routes(app, store)
 
     @app.get(f"{API_PREFIX}/keys")
     def list_keys(who: Caller) -> dict[str, Any]:
@@ -225,7 +225,7 @@ def create_app(
         return {"token": token, "accessor": accessor, "role": body.role, "domain": who.domain}
 
     devices = DeviceStore(store)
-    # Key releases: in-flight limit (429), group commit and its queue limit (503); see overload.py.
+    # Key releases: in-flight limit (429), group commit and its queue limit (503); see admission.py.
     # `vault serve` closes it after the server stops (app.state.release_gate).
     gate = ReleaseGate(devices, release_settings)
     app.state.release_gate = gate
@@ -350,17 +350,17 @@ def create_app(
         return {"records": store.audit_records(who, after, limit)}
 
     # --- model repository and lease checks (device-authenticated requests): their own modules ---
-    from . import leases, models
+    from . import leases, repository
 
     leases.add_routes(app, store, devices)
-    models.add_routes(
+    repository.add_routes(
         app,
         store,
         devices,
         caller=caller,
         allow=allow,
         models_dir=models_dir,
-        max_size=max_model_size or models.DEFAULT_MAX_MODEL_SIZE,
+        max_size=max_model_size or repository.DEFAULT_MAX_MODEL_SIZE,
     )
 
     # --- tokens (list, revoke), master-key export, metrics + request log: their own modules ---

@@ -18,8 +18,9 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from ..keyrelease.wire import DEFAULT_DOMAIN
-from ..service.http import NO_STORE, error_response, read_bounded
+from ...keyrelease.wire import DEFAULT_DOMAIN
+from ...service.http import NO_STORE, error_response, read_bounded
+from ..errors import Unavailable
 from .device_auth import (
     BadDeviceRequest,
     DeviceProof,
@@ -28,10 +29,9 @@ from .device_auth import (
     Outcome,
     parse_device_headers,
 )
-from .devices import _ID, Device, DeviceStore, ReleaseDenied, _iso
-from .errors import Unavailable
+from .devices import ID_PATTERN, Device, DeviceStore, ReleaseDenied, iso_time
 from .http_common import API_PREFIX
-from .models import ModelRecord, denied, key_refs_of
+from .repository import ModelRecord, denied, key_refs_of
 from .store import Store
 
 MAX_LEASE_BODY = 4096
@@ -70,7 +70,7 @@ def parse_lease(data: bytes) -> LeaseRequest:
         if "key_name" in body or "key_version" in body:
             raise BadLease("model")  # one or the other: a key, or a model
         model = _name(body, "model")
-        if not _ID.fullmatch(model):
+        if not ID_PATTERN.fullmatch(model):
             raise BadLease("model")
         return LeaseRequest(domain, device, model=model)
     version = body.get("key_version")
@@ -114,7 +114,7 @@ class Leases:
                 "valid": True,
                 "key_name": found.key_name,
                 "key_version": found.key_version,
-                "not_after": _iso(found.not_after),
+                "not_after": iso_time(found.not_after),
                 "recheck_after": RECHECK_AFTER_SECONDS,
             }
             if req.model is not None:

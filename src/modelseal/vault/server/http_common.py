@@ -8,8 +8,8 @@ import binascii
 import json
 from typing import Any
 
-from ..keyrelease import datakeys, wire
-from ..keyrelease.wire import DEFAULT_DOMAIN
+from ...keyrelease import datakeys, wire
+from ...keyrelease.wire import DEFAULT_DOMAIN
 from .devices import ReleaseDenied, ReleaseRequest
 
 API_PREFIX = "/v1"

@@ -35,15 +35,15 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
-from ..errors import FormatError
-from ..fileio import fsync_dir
-from ..opening import read_header
-from ..service.http import NO_STORE, error_response
-from .client import recipient
+from ...errors import FormatError
+from ...fileio import fsync_dir
+from ...opening import read_header
+from ...service.http import NO_STORE, error_response
+from ..client import recipient
+from ..errors import KeyServiceError, NotFound, PermissionDenied, Unavailable
 from .device_auth import BadDeviceRequest, DeviceProof, DeviceRequests, Outcome, has_device_headers
 from .device_auth import parse_device_headers as parse_proof
 from .devices import Device, DeviceStore, ReleaseDenied, check_id
-from .errors import KeyServiceError, NotFound, PermissionDenied, Unavailable
 from .http_common import API_PREFIX
 from .store import Base, Principal, Store, now
 
@@ -225,7 +225,7 @@ class ModelRepository:
                     status=409,
                 )
 
-        self.store._operation(who, "model.upload", model_id, run)
+        self.store.operation(who, "model.upload", model_id, run)
 
     def commit(
         self, who: Principal, model_id: str, tmp: Path, size: int, sha256: str, replace: bool
@@ -253,7 +253,7 @@ class ModelRepository:
                 row.size, row.sha256, row.key_refs = size, sha256, json.dumps(refs)
                 row.created, row.uploaded_by = now(), who.accessor
                 session.flush()
-                self.store._audit(
+                self.store.audit_in(
                     session,
                     who.domain,
                     "model.upload",
@@ -266,7 +266,7 @@ class ModelRepository:
                 )
                 return _meta(row, full=True), old
 
-            meta, old = self.store._operation(who, "model.upload", model_id, run)
+            meta, old = self.store.operation(who, "model.upload", model_id, run)
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -276,7 +276,7 @@ class ModelRepository:
 
     def _collect(self, domain_id: int, domain: str, sha256: str) -> None:
         try:
-            with self.store._write() as session:
+            with self.store.write_session() as session:
                 users = session.execute(
                     select(func.count(ModelRecord.id)).where(
                         ModelRecord.domain_id == domain_id, ModelRecord.sha256 == sha256
@@ -294,10 +294,10 @@ class ModelRepository:
             rows = session.execute(
                 select(ModelRecord).where(ModelRecord.domain_id == who.domain_id).order_by(ModelRecord.name)
             ).scalars()
-            self.store._audit(session, who.domain, "model.list", who.accessor)
+            self.store.audit_in(session, who.domain, "model.list", who.accessor)
             return [_meta(r) for r in rows]
 
-        return self.store._operation(who, "model.list", "", run)
+        return self.store.operation(who, "model.list", "", run)
 
     def _open_blob(self, domain: str, row: ModelRecord) -> BinaryIO:
         try:
@@ -321,7 +321,7 @@ class ModelRepository:
             handle = self._open_blob(who.domain, row) if content and not fresh else None
             try:
                 outcome = "not_modified" if fresh else "ok"
-                self.store._audit(
+                self.store.audit_in(
                     session, who.domain, op, who.accessor, model=model_id, sha256=row.sha256, outcome=outcome
                 )
             except BaseException:
@@ -330,7 +330,7 @@ class ModelRepository:
                 raise
             return Download(_meta(row, full=True), fresh, handle)
 
-        return self.store._operation(who, op, model_id, run)
+        return self.store.operation(who, op, model_id, run)
 
     def for_device(
         self, proof: DeviceProof, model_id: str, *, content: bool, if_none_match: str | None = None

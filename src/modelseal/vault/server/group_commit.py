@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session
 
+from ..errors import Unavailable
 from .devices import Decision, DeviceStore, ReleaseDenied
-from .errors import Unavailable
 
 Decide = Callable[[Session, float], Decision]
 OnConflict = Callable[[], None]
@@ -157,7 +157,7 @@ class GroupCommitter:
         stats.sizes[len(batch)] = stats.sizes.get(len(batch), 0) + 1
         decisions: list[Decision] = []
         try:
-            with self.devices.store._write_batch() as session:
+            with self.devices.store.write_batch() as session:
                 for item in batch:
                     decisions.append(item.decide(session, time.time()))
         except Exception:

@@ -20,14 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import KeyFileError, OutputError, UsageError
-from . import pkcs11_root, shamir_root, tls
+from ...errors import KeyFileError, OutputError, UsageError
+from ..errors import KeyServiceError
+from . import tls
 from .barrier import ROOT_KEY_SIZE, Barrier, KeyFileBarrier, RootBarrier, create_root_key
-from .errors import KeyServiceError
+from .roots import pkcs11 as pkcs11_root
+from .roots import shamir as shamir_root
 from .store import Store, make_engine, sqlite_url, upgrade_schema
 
 if TYPE_CHECKING:
-    from .overload import ReleaseSettings
+    from .admission import ReleaseSettings
 
 ROOT_TYPES = ("key-file", "shamir", "pkcs11")
 CONFIG_FILE = "vault.json"
@@ -99,7 +101,7 @@ def refuse_used_database(url: str) -> None:
     from sqlalchemy import inspect, text
     from sqlalchemy.exc import OperationalError
 
-    from .errors import Unavailable
+    from ..errors import Unavailable
     from .store import driver_reason
 
     engine = make_engine(url)
@@ -213,7 +215,7 @@ def serve(
 ) -> None:
     import uvicorn
 
-    from ..service.logs import JsonLog
+    from ...service.logs import JsonLog
     from . import metrics
     from .app import create_app
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import pkcs11util
-from ..pkcs11util import LABEL_RE, read_pin
-from .barrier import ROOT_KEY_SIZE
-from .errors import KeyServiceError
+from .... import pkcs11util
+from ....pkcs11util import LABEL_RE, read_pin
+from ...errors import KeyServiceError
+from ..barrier import ROOT_KEY_SIZE
 
 if TYPE_CHECKING:
     from pkcs11 import Session

@@ -23,7 +23,7 @@ from fastapi import Depends, FastAPI
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from .errors import KeyServiceError, NotFound
+from ..errors import KeyServiceError, NotFound
 from .http_common import API_PREFIX
 from .store import Principal, Store, Token, TokenUsage, now
 
@@ -79,7 +79,7 @@ class TokenStore:
             if len(self._touched) >= MAX_TRACKED:
                 self._touched.clear()
             self._touched[who.accessor] = moment
-        with contextlib.suppress(Exception), self.store._write() as session:
+        with contextlib.suppress(Exception), self.store.write_session() as session:
             token_id = session.execute(select(Token.id).where(Token.accessor == who.accessor)).scalar()
             if token_id is not None:
                 _usage(session, token_id).last_used = now()
@@ -93,10 +93,10 @@ class TokenStore:
                 .order_by(Token.id)
             ).all()
             found = [_meta(token, usage) for token, usage in rows]
-            self.store._audit(session, who.domain, "token.list", who.accessor)
+            self.store.audit_in(session, who.domain, "token.list", who.accessor)
             return found
 
-        return self.store._operation(who, "token.list", "", run)
+        return self.store.operation(who, "token.list", "", run)
 
     def revoke(self, who: Principal, accessor: str) -> dict[str, Any]:
         check_accessor(accessor)
@@ -132,7 +132,7 @@ class TokenStore:
                 token.revoked = True
                 _usage(session, token.id).revoked_at = now()
                 session.flush()
-            self.store._audit(
+            self.store.audit_in(
                 session,
                 who.domain,
                 "token.revoke",
@@ -143,7 +143,7 @@ class TokenStore:
             )
             return _meta(token, session.get(TokenUsage, token.id))
 
-        return self.store._operation(who, "token.revoke", accessor, run)
+        return self.store.operation(who, "token.revoke", accessor, run)
 
 
 def add_routes(

@@ -1,13 +1,13 @@
 """The barrier: everything secret in the database is encrypted under a key derived from the root.
 
-Storage is untrusted (ARCHITECTURE §5): a stolen database file without the root key yields no key
-material. Each ciphertext's AAD names its table, row and purpose, so a ciphertext copied into
+Storage is untrusted (docs/architecture.md): a stolen database file without the root key yields no
+key material. Each ciphertext's AAD names its table, row and purpose, so a ciphertext copied into
 another row (say, an old key version's material into a newer version) fails to decrypt instead of
 silently changing which key is used.
 
-The root is 32 bytes from one of three places (ARCHITECTURE §5): a key file (:class:`KeyFileBarrier`,
-the embedded default), Shamir shares (``shamir_root.ShamirBarrier``: starts sealed and unseals when
-the threshold of shares arrived) or a PKCS#11 token (``pkcs11_root``: the token decrypts the root at
+The root is 32 bytes from one of three places: a key file (:class:`KeyFileBarrier`, the embedded
+default), Shamir shares (``roots.shamir.ShamirBarrier``: starts sealed and unseals when the
+threshold of shares arrived) or a PKCS#11 token (``roots.pkcs11``: the token decrypts the root at
 start). All of them are a :class:`RootBarrier`: only keys derived from the root stay in memory. A
 barrier may be *sealed* (nothing in memory): then every operation needing a secret raises
 :class:`Unavailable`, which the API turns into 503.
@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ..errors import KeyFileError
-from .errors import KeyServiceError, Unavailable
+from ...errors import KeyFileError
+from ..errors import KeyServiceError, Unavailable
 
 ROOT_KEY_SIZE = 32
 _BLOB_VERSION = b"\x01"

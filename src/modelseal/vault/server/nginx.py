@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import Unavailable
+from ..errors import Unavailable
 
 PLACEHOLDER = re.compile(r"\$\{([A-Z_]+)\}")
 

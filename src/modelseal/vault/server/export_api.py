@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Response
 from pydantic import BaseModel, Field
 
-from .errors import PermissionDenied
+from ..errors import PermissionDenied
 from .export import EXPORT_ROLES, MAX_RECIPIENT_TEXT, export_key, parse_guard
 from .store import Principal, Store
 

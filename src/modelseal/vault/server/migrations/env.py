@@ -7,7 +7,7 @@ from sqlalchemy.engine import Connection
 
 connection = context.config.attributes.get("connection")
 if not isinstance(connection, Connection):
-    raise RuntimeError("the vault migrations run through modelseal.vault.store.upgrade_schema()")
+    raise RuntimeError("the vault migrations run through modelseal.vault.server.store.upgrade_schema()")
 context.configure(connection=connection, render_as_batch=connection.dialect.name == "sqlite")
 with context.begin_transaction():
     context.run_migrations()

@@ -47,9 +47,9 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from ..keyrelease import datakeys, wire
-from ..keyrelease.wire import DEFAULT_DOMAIN
-from .errors import KeyServiceError, NotFound, PermissionDenied
+from ...keyrelease import datakeys, wire
+from ...keyrelease.wire import DEFAULT_DOMAIN
+from ..errors import KeyServiceError, NotFound, PermissionDenied
 from .hot_sql import HotStatement
 from .store import Base, Domain, MasterKey, Principal, Store, now
 
@@ -58,7 +58,7 @@ LOCKOUT_WINDOW_SECONDS = 15 * 60
 NONCE_PURGE_SECONDS = 10.0
 FAILURE_SWEEP_SECONDS = 60.0
 MAX_GROUPS = 32
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # Compared against when the device is unknown, so that path does the same HMAC work.
 _DUMMY_PSK = os.urandom(wire.PSK_SIZE)
 
@@ -277,7 +277,7 @@ class ReleaseDenied(PermissionDenied):
 
 
 def check_id(kind: str, name: str) -> None:
-    if not _ID.fullmatch(name):
+    if not ID_PATTERN.fullmatch(name):
         raise KeyServiceError(
             f"a {kind} name is 1-128 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit",
             code="invalid_name",
@@ -292,7 +292,7 @@ def _names(kind: str, values: list[str]) -> list[str]:
     return sorted(set(values))
 
 
-def _iso(epoch: float | None) -> str | None:
+def iso_time(epoch: float | None) -> str | None:
     if epoch is None:
         return None
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -496,7 +496,7 @@ class DeviceStore:
             psk = self._set_psk(device)
             session.add(device)
             session.flush()
-            self.store._audit(
+            self.store.audit_in(
                 session,
                 who.domain,
                 "device.create",
@@ -508,7 +508,7 @@ class DeviceStore:
             )
             return self._meta(session, device), psk
 
-        return self.store._operation(who, "device.create", name, run)
+        return self.store.operation(who, "device.create", name, run)
 
     def rotate_psk(self, who: Principal, name: str) -> tuple[dict[str, Any], bytes]:
         def run(session: Session) -> tuple[dict[str, Any], bytes]:
@@ -517,7 +517,7 @@ class DeviceStore:
             device.psk_rotated = now()
             psk = self._set_psk(device)
             session.flush()
-            self.store._audit(
+            self.store.audit_in(
                 session,
                 who.domain,
                 "device.rotate_psk",
@@ -528,7 +528,7 @@ class DeviceStore:
             )
             return self._meta(session, device), psk
 
-        return self.store._operation(who, "device.rotate_psk", name, run)
+        return self.store.operation(who, "device.rotate_psk", name, run)
 
     def revoke_device(self, who: Principal, name: str) -> dict[str, Any]:
         def run(session: Session) -> dict[str, Any]:
@@ -536,38 +536,38 @@ class DeviceStore:
             if not device.revoked:
                 device.revoked, device.revoked_at = True, now()
             session.flush()
-            self.store._audit(session, who.domain, "device.revoke", who.accessor, device=name)
+            self.store.audit_in(session, who.domain, "device.revoke", who.accessor, device=name)
             return self._meta(session, device)
 
-        return self.store._operation(who, "device.revoke", name, run)
+        return self.store.operation(who, "device.revoke", name, run)
 
     def unlock_device(self, who: Principal, name: str) -> dict[str, Any]:
         def run(session: Session) -> dict[str, Any]:
             device = self._device(session, who, name)
             subject = self.failure_subject(device.domain_id, "", device.name)
             session.execute(delete(AuthFailure).where(AuthFailure.subject == subject))
-            self.store._audit(session, who.domain, "device.unlock", who.accessor, device=name)
+            self.store.audit_in(session, who.domain, "device.unlock", who.accessor, device=name)
             return self._meta(session, device)
 
-        return self.store._operation(who, "device.unlock", name, run)
+        return self.store.operation(who, "device.unlock", name, run)
 
     def list_devices(self, who: Principal) -> list[str]:
         def run(session: Session) -> list[str]:
             names = session.execute(
                 select(Device.name).where(Device.domain_id == who.domain_id).order_by(Device.name)
             ).scalars()
-            self.store._audit(session, who.domain, "device.list", who.accessor)
+            self.store.audit_in(session, who.domain, "device.list", who.accessor)
             return list(names)
 
-        return self.store._operation(who, "device.list", "", run)
+        return self.store.operation(who, "device.list", "", run)
 
     def read_device(self, who: Principal, name: str) -> dict[str, Any]:
         def run(session: Session) -> dict[str, Any]:
             meta = self._meta(session, self._device(session, who, name))
-            self.store._audit(session, who.domain, "device.read", who.accessor, device=name)
+            self.store.audit_in(session, who.domain, "device.read", who.accessor, device=name)
             return meta
 
-        return self.store._operation(who, "device.read", name, run)
+        return self.store.operation(who, "device.read", name, run)
 
     # --- policies and licences -------------------------------------------------------------------
 
@@ -611,7 +611,7 @@ class DeviceStore:
             policy.key_name, policy.updated = key, when
             policy.devices, policy.groups = json.dumps(clean_devices), json.dumps(clean_groups)
             session.flush()
-            self.store._audit(
+            self.store.audit_in(
                 session,
                 who.domain,
                 "policy.write",
@@ -623,25 +623,25 @@ class DeviceStore:
             )
             return self._policy_dict(policy)
 
-        return self.store._operation(who, "policy.write", name, run)
+        return self.store.operation(who, "policy.write", name, run)
 
     def list_policies(self, who: Principal) -> list[str]:
         def run(session: Session) -> list[str]:
             names = session.execute(
                 select(Policy.name).where(Policy.domain_id == who.domain_id).order_by(Policy.name)
             ).scalars()
-            self.store._audit(session, who.domain, "policy.list", who.accessor)
+            self.store.audit_in(session, who.domain, "policy.list", who.accessor)
             return list(names)
 
-        return self.store._operation(who, "policy.list", "", run)
+        return self.store.operation(who, "policy.list", "", run)
 
     def read_policy(self, who: Principal, name: str) -> dict[str, Any]:
         def run(session: Session) -> dict[str, Any]:
             out = self._policy_dict(self._policy(session, who, name))
-            self.store._audit(session, who.domain, "policy.read", who.accessor, policy=name)
+            self.store.audit_in(session, who.domain, "policy.read", who.accessor, policy=name)
             return out
 
-        return self.store._operation(who, "policy.read", name, run)
+        return self.store.operation(who, "policy.read", name, run)
 
     def _licence_dict(self, session: Session, licence: Licence, policy: str) -> dict[str, Any]:
         devices = session.execute(
@@ -651,7 +651,7 @@ class DeviceStore:
             "name": licence.name,
             "policy": policy,
             "created": licence.created,
-            "not_after": _iso(licence.not_after),
+            "not_after": iso_time(licence.not_after),
             "max_uses": licence.max_uses,
             "max_devices": licence.max_devices,
             "uses": licence.uses,
@@ -693,20 +693,20 @@ class DeviceStore:
             )
             session.add(licence)
             session.flush()
-            self.store._audit(
+            self.store.audit_in(
                 session,
                 who.domain,
                 "licence.create",
                 who.accessor,
                 licence=name,
                 policy=policy,
-                not_after=_iso(deadline),
+                not_after=iso_time(deadline),
                 max_uses=max_uses,
                 max_devices=max_devices,
             )
             return self._licence_dict(session, licence, policy)
 
-        return self.store._operation(who, "licence.create", name, run)
+        return self.store.operation(who, "licence.create", name, run)
 
     def read_licence(self, who: Principal, name: str) -> dict[str, Any]:
         def run(session: Session) -> dict[str, Any]:
@@ -718,10 +718,10 @@ class DeviceStore:
             ).first()
             if row is None:
                 raise NotFound(f"no licence {name!r}")
-            self.store._audit(session, who.domain, "licence.read", who.accessor, licence=name)
+            self.store.audit_in(session, who.domain, "licence.read", who.accessor, licence=name)
             return self._licence_dict(session, row[0], row[1])
 
-        return self.store._operation(who, "licence.read", name, run)
+        return self.store.operation(who, "licence.read", name, run)
 
     # --- key release -----------------------------------------------------------------------------
 
@@ -741,7 +741,7 @@ class DeviceStore:
         """Run one release decision in one write transaction; the sealed key only after commit."""
         at = time.time()
         try:
-            with self.store._write() as session:
+            with self.store.write_session() as session:
                 decision = decide(session, at)
         except IntegrityError:
             # Only a unique index can refuse here: a concurrent twin of this request (another
@@ -755,8 +755,8 @@ class DeviceStore:
 
     def _record_replay(self, req: ReleaseRequest) -> None:
         try:
-            with self.store._write() as session:
-                self.store._audit(
+            with self.store.write_session() as session:
+                self.store.audit_in(
                     session,
                     req.domain,
                     "key.release",
@@ -823,7 +823,7 @@ class DeviceStore:
             }
         else:
             who = {"device": device.name, "psk_generation": device.psk_generation}
-        self.store._audit(
+        self.store.audit_in(
             session,
             domain if domain_known else DEFAULT_DOMAIN,
             "key.release",

@@ -28,8 +28,8 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ..keyrelease import wire
-from ..keyrelease.wire import DEFAULT_DOMAIN
+from ...keyrelease import wire
+from ...keyrelease.wire import DEFAULT_DOMAIN
 from .devices import (
     LOCKOUT_FAILURES,
     Device,
@@ -196,7 +196,7 @@ class DeviceRequests:
         session.flush()
         return None
 
-    def _audit(
+    def audit_in(
         self, session: Session, op: str, proof: DeviceProof, device: Device | None, out: Outcome, ok: str
     ) -> None:
         if device is None:
@@ -206,7 +206,7 @@ class DeviceRequests:
             }
         else:
             who = {"device": device.name, "psk_generation": device.psk_generation}
-        self.store._audit(
+        self.store.audit_in(
             session,
             out.domain,
             op,
@@ -236,13 +236,13 @@ class DeviceRequests:
         """
         at = time.time()
         try:
-            with self.store._write() as session:
+            with self.store.write_session() as session:
                 out = Outcome(details=dict(details or {}))
                 device = self._authenticate(session, proof, at, out)
                 result: T | None = None
                 if out.reason is None and device is not None:
                     result = decide(session, device, at, out)
-                self._audit(session, op, proof, device, out, ok)
+                self.audit_in(session, op, proof, device, out, ok)
         except IntegrityError:
             # Only the (device, nonce) index can refuse here: a concurrent twin committed first.
             self._record_replay(op, proof)
@@ -253,8 +253,8 @@ class DeviceRequests:
 
     def _record_replay(self, op: str, proof: DeviceProof) -> None:
         try:
-            with self.store._write() as session:
-                self.store._audit(
+            with self.store.write_session() as session:
+                self.store.audit_in(
                     session,
                     proof.domain,
                     op,

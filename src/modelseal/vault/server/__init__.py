@@ -1,0 +1,64 @@
+"""The key service's server: storage, the barrier, the release decision, the HTTP API. The CLI
+reaches it through the names below; everything else here is internal to the server.
+
+datadir        a vault's data folder: init (root, database, TLS, admin token) and serve (uvicorn)
+app            create_app: the FastAPI app and its routes (keys, datakeys, devices, policies,
+               licences, tokens, audit, sys); release_fastpath answers POST /v1/release first
+http_common    API prefix, roles of each route kind, the release body parser
+store          the SQLAlchemy schema (keys, tokens, audit), engine, Principal, the hash-chained audit
+barrier        the root (barrier) key that encrypts every secret at rest; roots/ keyfile's
+               alternatives: shamir (starts sealed), pkcs11 (a key in a token)
+devices        devices, PSKs, policies, licences, nonces, lockout and the release decision
+device_auth    a device's PSK proof on requests other than the release (leases, model downloads)
+attestation    attestation-based release to accelerator cards (reports from modelseal.device)
+group_commit   one writer commits a batch of releases, each with its audit record, per fsync
+admission      the release gate: in-flight limit, 429/503 with Retry-After
+hot_sql        the release path's SQL compiled once and run on the driver connection
+repository     the model repository (sealed files devices download)
+leases         lease checks of open models (revocation reaches running devices)
+tokens         token list/revoke; export, export_api: guarded key export
+shares_api     Shamir unseal over HTTP; metrics: Prometheus text and the JSON request log
+tls, nginx     certificates of init; the nginx gateway of the tests and the demo
+writer_lock    one writing process per SQLite database; migrations/: Alembic
+
+May import: the core, keyrelease, service, vault.errors, vault.client (the stanza format) and
+modelseal.device's report parser. Nothing outside the vault imports the server but the CLI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .admission import ReleaseSettings
+from .datadir import ROOT_FILE, TOKEN_FILE, DataDir, init, serve
+from .export import guard_fingerprint, parse_bundle
+from .roots.pkcs11 import Pkcs11Options
+from .roots.shamir import ShamirOptions, parse_share, read_share_file
+from .store import make_engine, sqlite_url
+from .store import verify_audit as verify_audit_chain
+
+
+def verify_audit(data: str | Path, database: str | None = None) -> int:
+    """Check the audit hash chain of the vault whose data folder is ``data``; the records checked."""
+    DataDir(Path(data)).config()
+    engine = make_engine(database or sqlite_url(data))
+    try:
+        return verify_audit_chain(engine)
+    finally:
+        engine.dispose()
+
+
+__all__ = [
+    "ROOT_FILE",
+    "TOKEN_FILE",
+    "Pkcs11Options",
+    "ReleaseSettings",
+    "ShamirOptions",
+    "guard_fingerprint",
+    "init",
+    "parse_bundle",
+    "parse_share",
+    "read_share_file",
+    "serve",
+    "verify_audit",
+]
