@@ -50,7 +50,8 @@ from sqlalchemy import text
 from modelseal.keyrelease import wire
 from modelseal.vault.client import VaultClient, VaultRecipient, read_token_file
 from modelseal.vault.server import datadir
-from modelseal.vault.server.store import make_engine, sqlite_url, verify_audit
+from modelseal.vault.server.audit import verify_audit
+from modelseal.vault.server.engine import make_engine, sqlite_url
 
 TARGET_RATE = 1000.0
 TARGET_P99_MS = 25.0

@@ -48,10 +48,10 @@ ONLY_THROUGH = {
     ("core", "cli"): {"modelseal.cli.main"},
 }
 # Modules over the ~500-line mark when this test was written, with the size they may not pass; the
-# list only shrinks (splitting vault/server/devices.py and store.py is the next step).
+# list only shrinks (splitting the release decision out of vault/server/devices.py is the next step).
 OVERSIZE = {
-    "modelseal/vault/server/devices.py": 1002,
-    "modelseal/vault/server/store.py": 749,
+    "modelseal/vault/server/devices.py": 904,
+    "modelseal/vault/server/store.py": 520,
     "modelseal/cli/vault.py": 525,
 }
 LINE_LIMIT = 500

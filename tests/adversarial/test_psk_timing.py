@@ -49,13 +49,9 @@ from vault.release_helpers import LocalVault, Request, build_request, local_vaul
 
 from modelseal.keyrelease import wire
 from modelseal.vault.server.app import create_app
-from modelseal.vault.server.devices import (
-    FAILURE_SWEEP_SECONDS,
-    LOCKOUT_WINDOW_SECONDS,
-    AuthFailure,
-    DeviceStore,
-)
+from modelseal.vault.server.devices import FAILURE_SWEEP_SECONDS, LOCKOUT_WINDOW_SECONDS, DeviceStore
 from modelseal.vault.server.http_common import parse_release
+from modelseal.vault.server.schema import AuthFailure
 
 from .vault_inproc import StorageFaults, asgi_client
 

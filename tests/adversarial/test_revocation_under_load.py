@@ -29,7 +29,8 @@ from vault.conftest import (
 from vault.postgres import PostgresServer
 from vault.release_helpers import device, seal_model, unique
 
-from modelseal.vault.server.store import make_engine, sqlite_url, verify_audit
+from modelseal.vault.server.audit import verify_audit
+from modelseal.vault.server.engine import make_engine, sqlite_url
 
 from .vault_load import Answer, Load, audit_events
 

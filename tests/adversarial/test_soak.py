@@ -35,7 +35,8 @@ from vault.release_helpers import Sealed, device, identity, seal_model, unique
 
 import modelseal
 from modelseal.vault.client import DeviceIdentity
-from modelseal.vault.server.store import make_engine, sqlite_url, verify_audit
+from modelseal.vault.server.audit import verify_audit
+from modelseal.vault.server.engine import make_engine, sqlite_url
 
 from .vault_load import Load
 

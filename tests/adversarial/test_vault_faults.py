@@ -43,8 +43,9 @@ from modelseal.vault.errors import NotFound
 from modelseal.vault.server import datadir
 from modelseal.vault.server.admission import ReleaseSettings
 from modelseal.vault.server.app import create_app
+from modelseal.vault.server.audit import verify_audit
 from modelseal.vault.server.devices import DeviceStore
-from modelseal.vault.server.store import Principal, Store, verify_audit
+from modelseal.vault.server.store import Principal, Store
 
 from .vault_inproc import StorageFaults, asgi_client
 

@@ -47,6 +47,6 @@ def test_model_larger_than_2_gib_round_trips_and_rewraps_in_place(tmp_path: Path
     def wchar(text: str) -> int:
         return next(int(line.split()[1]) for line in text.splitlines() if line.startswith("wchar:"))
 
-    assert wchar(after) - wchar(before) <= 2 * result.header_length
+    assert wchar(after) - wchar(before) <= 2 * result.header_length + 128  # header + its journal
     report = modelseal.verify(sealed, ident)
     assert report.payload_authenticated and report.payload_length == SIZE

@@ -25,7 +25,7 @@ import httpx  # noqa: E402
 
 from modelseal.vault.client import VaultClient  # noqa: E402
 from modelseal.vault.server import datadir  # noqa: E402
-from modelseal.vault.server.store import sqlite_url  # noqa: E402
+from modelseal.vault.server.engine import sqlite_url  # noqa: E402
 
 from .postgres import PostgresServer, PostgresUnavailable, requirements, running_postgres  # noqa: E402
 

@@ -35,8 +35,9 @@ from modelseal.device.report import Report, request_digest
 from modelseal.device.server import DeviceService
 from modelseal.keyrelease import wire
 from modelseal.vault.errors import PermissionDenied
+from modelseal.vault.server.audit import verify_audit
+from modelseal.vault.server.engine import make_engine, sqlite_url
 from modelseal.vault.server.http_common import DENIED_BODY
-from modelseal.vault.server.store import make_engine, sqlite_url, verify_audit
 
 from .conftest import VaultServer
 from .release_helpers import Sealed, build_request, device, encodings, post, seal_model, unique
@@ -442,7 +443,8 @@ def test_migration_0004_adds_identity_and_nonces_to_an_existing_vault(tmp_path: 
     from modelseal.vault.server.attestation import Attestation
     from modelseal.vault.server.barrier import KeyFileBarrier
     from modelseal.vault.server.devices import DeviceStore
-    from modelseal.vault.server.store import Store, upgrade_schema
+    from modelseal.vault.server.engine import upgrade_schema
+    from modelseal.vault.server.store import Store
 
     engine = make_engine(sqlite_url(tmp_path))
     config = Config()
@@ -506,7 +508,8 @@ def test_max_report_age_is_configured_and_bounded(tmp_path: Path, monkeypatch: p
     from modelseal.vault.server import attestation
     from modelseal.vault.server.barrier import KeyFileBarrier
     from modelseal.vault.server.devices import DeviceStore, ReleaseDenied
-    from modelseal.vault.server.store import Store, upgrade_schema
+    from modelseal.vault.server.engine import upgrade_schema
+    from modelseal.vault.server.store import Store
 
     monkeypatch.delenv(attestation.ENV_MAX_REPORT_AGE, raising=False)
     assert attestation.max_report_age_from_env() == attestation.DEFAULT_MAX_REPORT_AGE

@@ -12,7 +12,8 @@ import pytest
 from modelseal.cli.main import main
 from modelseal.vault.errors import AuditChainError
 from modelseal.vault.server import datadir
-from modelseal.vault.server.store import Store, chain_hash, verify_audit
+from modelseal.vault.server.audit import chain_hash, verify_audit
+from modelseal.vault.server.store import Store
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from sqlalchemy import text
 from modelseal.cli.main import main
 from modelseal.vault.client import VaultClient
 from modelseal.vault.errors import KeyServiceError
-from modelseal.vault.server.store import make_engine, sqlite_url
+from modelseal.vault.server.engine import make_engine, sqlite_url
 
 from .conftest import VaultServer, serve_process, start_server, stop_server
 from .postgres import PostgresServer

@@ -14,8 +14,10 @@ import modelseal.vault.server.devices  # noqa: F401 - registers the second incre
 from modelseal.vault.server import store as store_module
 from modelseal.vault.server.barrier import KeyFileBarrier
 from modelseal.vault.server.devices import DeviceStore
+from modelseal.vault.server.engine import make_engine, sqlite_url, upgrade_schema
 from modelseal.vault.server.repository import ModelRecord  # noqa: F401 - registers the repository's table on Base
-from modelseal.vault.server.store import Base, Store, make_engine, sqlite_url, upgrade_schema
+from modelseal.vault.server.schema import Base
+from modelseal.vault.server.store import Store
 
 
 def test_upgrade_from_0001_keeps_keys_and_matches_the_models(tmp_path: Path) -> None:

@@ -23,7 +23,8 @@ import pytest
 from modelseal.vault.server import datadir
 from modelseal.vault.server.admission import ReleaseSettings
 from modelseal.vault.server.app import create_app
-from modelseal.vault.server.store import make_engine, sqlite_url, verify_audit
+from modelseal.vault.server.audit import verify_audit
+from modelseal.vault.server.engine import make_engine, sqlite_url
 
 from .conftest import VaultServer, _free_port, stop_server
 from .release_helpers import build_request, device, local_vault, open_answer, seal_model

@@ -12,7 +12,8 @@ from cryptography.exceptions import InvalidTag
 
 import modelseal
 from modelseal.vault.errors import PermissionDenied
-from modelseal.vault.server.store import make_engine, sqlite_url, verify_audit
+from modelseal.vault.server.audit import verify_audit
+from modelseal.vault.server.engine import make_engine, sqlite_url
 
 from .conftest import VaultServer
 from .release_helpers import (

@@ -26,9 +26,10 @@ from modelseal.service.logs import JsonLog
 from modelseal.vault.server import app as app_module
 from modelseal.vault.server.admission import ReleaseSettings
 from modelseal.vault.server.app import create_app
-from modelseal.vault.server.devices import _ADD_LICENCE_DEVICE, DeviceStore, Licence
+from modelseal.vault.server.devices import _ADD_LICENCE_DEVICE, DeviceStore
 from modelseal.vault.server.group_commit import CommitQueueFull
 from modelseal.vault.server.http_common import DENIED_BODY
+from modelseal.vault.server.schema import Licence
 
 from .release_helpers import LocalVault, build_request, local_vault, open_answer
 from .test_group_commit import Vault, post_grouped

@@ -14,7 +14,8 @@ import sqlite3
 from pathlib import Path
 
 from modelseal.vault.server.barrier import KeyFileBarrier
-from modelseal.vault.server.store import Store, make_engine, sqlite_url
+from modelseal.vault.server.engine import make_engine, sqlite_url
+from modelseal.vault.server.store import Store
 
 from .conftest import VaultServer
 from .release_helpers import build_request, open_answer, post, seal_model, unique

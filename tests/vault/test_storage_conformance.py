@@ -39,19 +39,12 @@ from modelseal.keyrelease import wire
 from modelseal.vault.errors import AuditChainError, KeyServiceError, NotFound, PermissionDenied, Unavailable
 from modelseal.vault.server import datadir
 from modelseal.vault.server import store as store_module
+from modelseal.vault.server.audit import verify_audit
 from modelseal.vault.server.barrier import KeyFileBarrier
 from modelseal.vault.server.devices import DeviceStore, ReleaseDenied, ReleaseRequest
-from modelseal.vault.server.store import (
-    Base,
-    Domain,
-    MasterKey,
-    MasterKeyVersion,
-    Principal,
-    Store,
-    make_engine,
-    upgrade_schema,
-    verify_audit,
-)
+from modelseal.vault.server.engine import make_engine, upgrade_schema
+from modelseal.vault.server.schema import Base, Domain, MasterKey, MasterKeyVersion, now
+from modelseal.vault.server.store import Principal, Store
 
 from .conftest import VaultServer, start_server, stop_server
 from .postgres import PostgresServer
@@ -186,7 +179,7 @@ def test_every_migration_applies_and_matches_the_models(vault: Vault) -> None:
 
 _UPGRADE = """
 import sys
-from modelseal.vault.server.store import make_engine, upgrade_schema
+from modelseal.vault.server.engine import make_engine, upgrade_schema
 engine = make_engine(sys.argv[1])
 engine.connect().close()  # connected before the start signal
 print("ready", flush=True)
@@ -325,7 +318,7 @@ def test_tokens_and_roles_per_domain(vault: Vault) -> None:
 
     # A second domain: same key names, separate keys, no cross-domain reads.
     with Session(s.engine) as session, session.begin():
-        session.add(Domain(name="tenant-b", created=store_module.now()))
+        session.add(Domain(name="tenant-b", created=now()))
         session.flush()
         other_id = session.execute(select(Domain.id).where(Domain.name == "tenant-b")).scalar_one()
         s._insert_token(session, "msv.tenant-b-token", "admin", other_id, "b admin")

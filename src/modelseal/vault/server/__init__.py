@@ -5,7 +5,9 @@ datadir        a vault's data folder: init (root, database, TLS, admin token) an
 app            create_app: the FastAPI app and its routes (keys, datakeys, devices, policies,
                licences, tokens, audit, sys); release_fastpath answers POST /v1/release first
 http_common    API prefix, roles of each route kind, the release body parser
-store          the SQLAlchemy schema (keys, tokens, audit), engine, Principal, the hash-chained audit
+schema         every table (SQLAlchemy 2 ORM); engine: SQLite/PostgreSQL connections, migrations
+store          operations on keys, data keys and tokens, Principal, the audit append (audit_in)
+audit          the chain's canonical records and hashes, and its verification
 barrier        the root (barrier) key that encrypts every secret at rest; roots/ keyfile's
                alternatives: shamir (starts sealed), pkcs11 (a key in a token)
 devices        devices, PSKs, policies, licences, nonces, lockout and the release decision
@@ -30,12 +32,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from .admission import ReleaseSettings
+from .audit import verify_audit as verify_audit_chain
 from .datadir import ROOT_FILE, TOKEN_FILE, DataDir, init, serve
+from .engine import make_engine, sqlite_url
 from .export import guard_fingerprint, parse_bundle
 from .roots.pkcs11 import Pkcs11Options
 from .roots.shamir import ShamirOptions, parse_share, read_share_file
-from .store import make_engine, sqlite_url
-from .store import verify_audit as verify_audit_chain
 
 
 def verify_audit(data: str | Path, database: str | None = None) -> int:

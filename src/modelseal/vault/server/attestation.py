@@ -41,15 +41,7 @@ from ...keyrelease.wire import DEFAULT_DOMAIN
 from ...service.http import NO_STORE, error_response, read_bounded
 from ..errors import KeyServiceError, Unavailable
 from .admission import ReleaseGate, ReleaseSettings, queue_full_response
-from .devices import (
-    LOCKOUT_FAILURES,
-    LOCKOUT_WINDOW_SECONDS,
-    AttestNonce,
-    Decision,
-    Device,
-    DeviceStore,
-    ReleaseDenied,
-)
+from .devices import LOCKOUT_FAILURES, LOCKOUT_WINDOW_SECONDS, Decision, DeviceStore, ReleaseDenied
 from .group_commit import CommitQueueFull
 from .http_common import (
     DENIED_BODY,
@@ -59,6 +51,7 @@ from .http_common import (
     release_int,
     release_name,
 )
+from .schema import AttestNonce, Device
 from .store import Principal, Store
 
 ENV_MAX_REPORT_AGE = "MODELSEAL_VAULT_ATTEST_MAX_AGE"

@@ -24,9 +24,10 @@ from ...errors import KeyFileError, OutputError, UsageError
 from ..errors import KeyServiceError
 from . import tls
 from .barrier import ROOT_KEY_SIZE, Barrier, KeyFileBarrier, RootBarrier, create_root_key
+from .engine import make_engine, sqlite_url, upgrade_schema
 from .roots import pkcs11 as pkcs11_root
 from .roots import shamir as shamir_root
-from .store import Store, make_engine, sqlite_url, upgrade_schema
+from .store import Store
 
 if TYPE_CHECKING:
     from .admission import ReleaseSettings
@@ -102,7 +103,7 @@ def refuse_used_database(url: str) -> None:
     from sqlalchemy.exc import OperationalError
 
     from ..errors import Unavailable
-    from .store import driver_reason
+    from .engine import driver_reason
 
     engine = make_engine(url)
     try:

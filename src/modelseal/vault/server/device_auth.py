@@ -30,17 +30,8 @@ from sqlalchemy.orm import Session
 
 from ...keyrelease import wire
 from ...keyrelease.wire import DEFAULT_DOMAIN
-from .devices import (
-    LOCKOUT_FAILURES,
-    Device,
-    DeviceStore,
-    Licence,
-    LicenceDevice,
-    Policy,
-    ReleaseDenied,
-    ReleaseNonce,
-)
-from .store import Domain, MasterKey
+from .devices import LOCKOUT_FAILURES, DeviceStore, ReleaseDenied
+from .schema import Device, Domain, Licence, LicenceDevice, MasterKey, Policy, ReleaseNonce
 
 T = TypeVar("T")
 _MAX_NAME = 128

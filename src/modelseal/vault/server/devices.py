@@ -26,15 +26,6 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    Float,
-    ForeignKey,
-    Integer,
-    LargeBinary,
-    String,
-    Text,
-    UniqueConstraint,
     bindparam,
     delete,
     event,
@@ -45,13 +36,14 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
 from ...keyrelease import datakeys, wire
 from ...keyrelease.wire import DEFAULT_DOMAIN
 from ..errors import KeyServiceError, NotFound, PermissionDenied
 from .hot_sql import HotStatement
-from .store import Base, Domain, MasterKey, Principal, Store, now
+from .schema import AuthFailure, Device, Domain, Licence, LicenceDevice, MasterKey, Policy, ReleaseNonce, now
+from .store import Principal, Store
 
 LOCKOUT_FAILURES = 5
 LOCKOUT_WINDOW_SECONDS = 15 * 60
@@ -61,96 +53,6 @@ MAX_GROUPS = 32
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # Compared against when the device is unknown, so that path does the same HMAC work.
 _DUMMY_PSK = os.urandom(wire.PSK_SIZE)
-
-
-class Device(Base):
-    __tablename__ = "devices"
-    __table_args__ = (UniqueConstraint("domain_id", "name"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id"))
-    name: Mapped[str] = mapped_column(String(128))
-    groups: Mapped[str] = mapped_column(Text)  # JSON list
-    created: Mapped[str] = mapped_column(String(32))
-    psk_generation: Mapped[int] = mapped_column(Integer)
-    psk_rotated: Mapped[str] = mapped_column(String(32))
-    psk: Mapped[bytes] = mapped_column(LargeBinary)  # barrier ciphertext, never plaintext
-    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
-    revoked_at: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    # Attestation (migration 0004): Ed25519 identity public key || expected measurement, as barrier
-    # ciphertext. Not secret, but storage is untrusted and a swapped key would send file keys to
-    # whoever holds its private half: the barrier's AEAD (bound to the row) makes a swap fail.
-    identity: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
-    identity_generation: Mapped[int] = mapped_column(Integer, default=0)
-    identity_enrolled: Mapped[str | None] = mapped_column(String(32), nullable=True)
-
-
-class AuthFailure(Base):
-    """A failed proof towards a lockout, keyed by the claimed (domain, name), not by a device row.
-
-    So an unknown name writes the same rows as a known one with a wrong PSK and neither the answer
-    nor the work behind it says which names exist (tests/adversarial/test_psk_timing.py).
-    """
-
-    __tablename__ = "auth_failures"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    subject: Mapped[str] = mapped_column(String(64))  # HMAC of the claimed names under the root
-    at: Mapped[float] = mapped_column(Float)
-
-
-class ReleaseNonce(Base):
-    __tablename__ = "release_nonces"
-    __table_args__ = (UniqueConstraint("device_id", "nonce_hash", name="release_nonces_device_nonce"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"))
-    nonce_hash: Mapped[str] = mapped_column(String(64))
-    timestamp: Mapped[int] = mapped_column(BigInteger)
-
-
-class AttestNonce(Base):
-    """A challenge of attestation.py (migration 0004): SHA-256 of the nonce, which the report carries."""
-
-    __tablename__ = "attest_nonces"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"))
-    nonce_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    created: Mapped[float] = mapped_column(Float)
-    expires: Mapped[float] = mapped_column(Float)
-    used: Mapped[float | None] = mapped_column(Float, nullable=True)
-
-
-class Policy(Base):
-    __tablename__ = "policies"
-    __table_args__ = (UniqueConstraint("domain_id", "name"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id"))
-    name: Mapped[str] = mapped_column(String(128))
-    key_name: Mapped[str] = mapped_column(String(128))
-    devices: Mapped[str] = mapped_column(Text)  # JSON list
-    groups: Mapped[str] = mapped_column(Text)  # JSON list
-    created: Mapped[str] = mapped_column(String(32))
-    updated: Mapped[str] = mapped_column(String(32))
-
-
-class Licence(Base):
-    __tablename__ = "licences"
-    __table_args__ = (UniqueConstraint("domain_id", "name"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id"))
-    name: Mapped[str] = mapped_column(String(128))
-    policy_id: Mapped[int] = mapped_column(ForeignKey("policies.id"))
-    created: Mapped[str] = mapped_column(String(32))
-    not_after: Mapped[float | None] = mapped_column(Float, nullable=True)
-    max_uses: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    max_devices: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    uses: Mapped[int] = mapped_column(Integer, default=0)
-
-
-class LicenceDevice(Base):
-    __tablename__ = "licence_devices"
-    __table_args__ = (UniqueConstraint("licence_id", "device_id"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    licence_id: Mapped[int] = mapped_column(ForeignKey("licences.id"))
-    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"))
 
 
 # --- the release hot path's statements -----------------------------------------------------------

@@ -139,7 +139,7 @@ def export_key(store: Store, who: Principal, name: str, guard: X25519PublicKey) 
 
     from sqlalchemy import select
 
-    from .store import MasterKeyVersion
+    from .schema import MasterKeyVersion
 
     def run(session: Session) -> dict[str, Any]:
         key = store._key(session, who, name)

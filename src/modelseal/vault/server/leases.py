@@ -29,9 +29,10 @@ from .device_auth import (
     Outcome,
     parse_device_headers,
 )
-from .devices import ID_PATTERN, Device, DeviceStore, ReleaseDenied, iso_time
+from .devices import ID_PATTERN, DeviceStore, ReleaseDenied, iso_time
 from .http_common import API_PREFIX
 from .repository import ModelRecord, denied, key_refs_of
+from .schema import Device
 from .store import Store
 
 MAX_LEASE_BODY = 4096

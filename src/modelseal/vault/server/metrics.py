@@ -58,7 +58,8 @@ from ...service.http import NO_STORE
 from ...service.logs import JsonLog, JsonLogHandler
 from ..errors import PermissionDenied
 from .http_common import API_PREFIX
-from .store import AuditRecord, Principal, Store
+from .schema import AuditRecord
+from .store import Principal, Store
 
 METRICS_PATH = f"{API_PREFIX}/sys/metrics"
 # Where the app's token check leaves the authenticated caller for the request log line.

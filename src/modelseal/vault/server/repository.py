@@ -43,9 +43,10 @@ from ..client import recipient
 from ..errors import KeyServiceError, NotFound, PermissionDenied, Unavailable
 from .device_auth import BadDeviceRequest, DeviceProof, DeviceRequests, Outcome, has_device_headers
 from .device_auth import parse_device_headers as parse_proof
-from .devices import Device, DeviceStore, ReleaseDenied, check_id
+from .devices import DeviceStore, ReleaseDenied, check_id
 from .http_common import API_PREFIX
-from .store import Base, Principal, Store, now
+from .schema import Base, Device, now
+from .store import Principal, Store
 
 DEFAULT_MAX_MODEL_SIZE = 64 << 30
 CHUNK_SIZE = 1 << 20

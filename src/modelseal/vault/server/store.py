@@ -1,4 +1,5 @@
-"""Storage of the vault: schema (SQLAlchemy 2 ORM), connection settings, and every operation.
+"""The vault's operations on master keys, data keys and tokens, and the audit append every write
+makes (tables in schema.py, connections and migrations in engine.py, the chain's hashing in audit.py).
 
 Each operation runs in ONE transaction together with its audit record, so an effect without its
 record (or a record without its effect) can never be committed: if the audit insert fails, the
@@ -27,120 +28,31 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import (
-    Boolean,
-    ForeignKey,
-    Integer,
-    LargeBinary,
-    String,
-    Text,
-    UniqueConstraint,
     bindparam,
-    create_engine,
     event,
     insert,
     select,
 )
-from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 
 from ...keyrelease import datakeys
 from ...keyrelease.wire import DEFAULT_DOMAIN
-from ..errors import AuditChainError, KeyServiceError, NotFound, PermissionDenied, Unavailable
+from ..errors import KeyServiceError, NotFound, PermissionDenied
 from . import writer_lock
+from .audit import GENESIS_HASH, canonical, chain_hash
 from .barrier import Barrier
 from .hot_sql import HotStatement
+from .schema import AuditRecord, Domain, MasterKey, MasterKeyVersion, Token, now
 
 ROLES = ("admin", "operator", "auditor")
 KEY_TYPES = ("aes256-gcm",)
-GENESIS_HASH = "0" * 64
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _TOKEN_PREFIX = "msv."  # noqa: S105 - a name, not a secret
-# pg_advisory_xact_lock key of the vault's writers ("msealv01"). Transaction-scoped: PostgreSQL
-# releases it at commit or rollback, and when a vault process dies mid-transaction (its connection
-# closes), so a kill -9 never leaves it held; it also works behind PgBouncer's transaction pooling.
-PG_WRITE_LOCK = 0x6D7365616C763031
 T = TypeVar("T")
-
-
-def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Domain(Base):
-    __tablename__ = "domains"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(128), unique=True)
-    created: Mapped[str] = mapped_column(String(32))
-
-
-class MasterKey(Base):
-    __tablename__ = "master_keys"
-    __table_args__ = (UniqueConstraint("domain_id", "name"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id"))
-    name: Mapped[str] = mapped_column(String(128))
-    type: Mapped[str] = mapped_column(String(32))
-    created: Mapped[str] = mapped_column(String(32))
-    latest_version: Mapped[int] = mapped_column(Integer)
-    min_decryption_version: Mapped[int] = mapped_column(Integer, default=1)
-    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
-    deletion_allowed: Mapped[bool] = mapped_column(Boolean, default=False)
-
-
-class MasterKeyVersion(Base):
-    __tablename__ = "master_key_versions"
-    __table_args__ = (UniqueConstraint("key_id", "version"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    key_id: Mapped[int] = mapped_column(ForeignKey("master_keys.id"))
-    version: Mapped[int] = mapped_column(Integer)
-    created: Mapped[str] = mapped_column(String(32))
-    material: Mapped[bytes] = mapped_column(LargeBinary)  # barrier ciphertext, never plaintext
-
-
-class Token(Base):
-    __tablename__ = "tokens"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    accessor: Mapped[str] = mapped_column(String(32), unique=True)
-    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    role: Mapped[str] = mapped_column(String(16))
-    domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id"))
-    display_name: Mapped[str] = mapped_column(String(128), default="")
-    created: Mapped[str] = mapped_column(String(32))
-    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
-
-
-class TokenUsage(Base):
-    """Migration 0005 (tokens.py): a token's last use (to the minute) and when it was revoked.
-
-    A table of its own rather than columns of ``tokens``, so code and data of the older schema
-    (the tokens table as 0001 made it) keep working unchanged.
-    """
-
-    __tablename__ = "token_usage"
-    token_id: Mapped[int] = mapped_column(ForeignKey("tokens.id"), primary_key=True)
-    last_used: Mapped[str | None] = mapped_column(String(32), nullable=True, default=None)
-    revoked_at: Mapped[str | None] = mapped_column(String(32), nullable=True, default=None)
-
-
-class AuditRecord(Base):
-    __tablename__ = "audit"
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    time: Mapped[str] = mapped_column(String(32))
-    domain: Mapped[str] = mapped_column(String(128))
-    op: Mapped[str] = mapped_column(String(64))
-    event: Mapped[str] = mapped_column(Text)  # canonical JSON, exactly the bytes hashed
-    prev_hash: Mapped[str] = mapped_column(String(64))
-    hash: Mapped[str] = mapped_column(String(64))
 
 
 # Prebuilt statements of the hot paths (each release reads a key version and appends a record),
@@ -168,102 +80,6 @@ def _insert_pending_audit(session: Session) -> None:
 # --- engine -------------------------------------------------------------------------------------
 
 
-def sqlite_url(data_dir: str | os.PathLike[str]) -> str:
-    return f"sqlite:///{Path(data_dir) / 'vault.db'}"
-
-
-def make_engine(url: str) -> Engine:
-    """An engine for SQLite or PostgreSQL (psycopg 3); any other database is refused.
-
-    Only these two are held to the writer serialisation above; another dialect would fork the
-    audit chain under concurrency, so it fails closed here.
-    """
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        # Never echo the URL: it may carry a password.
-        raise KeyServiceError(
-            "--database is not a database URL (sqlite:///FILE or postgresql+psycopg://HOST/DB)",
-            code="invalid_database",
-        ) from None
-    if parsed.drivername in ("postgresql", "postgres", "postgres+psycopg"):  # psycopg 3 is what we ship
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    backend = parsed.get_backend_name()
-    if backend not in ("sqlite", "postgresql"):
-        raise KeyServiceError(
-            f"unsupported database {backend!r}: the vault runs on sqlite or postgresql",
-            code="invalid_database",
-        )
-    if backend == "postgresql":
-        try:
-            # pre_ping: a restarted or failed-over server costs one retry, not a failed request.
-            engine = create_engine(parsed, pool_pre_ping=True, connect_args={"connect_timeout": 10})
-        except ImportError:
-            from ...errors import RuntimeUnavailableError
-
-            raise RuntimeUnavailableError("psycopg", "vault") from None
-        _configure_postgresql(engine)
-        return engine
-    engine = create_engine(parsed)
-    _configure_sqlite(engine)
-    return engine
-
-
-def _configure_postgresql(engine: Engine) -> None:
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        if conn.get_execution_options().get("vault_write", False):
-            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})")
-
-
-def _configure_sqlite(engine: Engine) -> None:
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # pysqlite's own transaction handling would defer BEGIN; we issue it ourselves below.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        for pragma in (
-            "journal_mode=WAL",
-            "synchronous=FULL",  # an acknowledged key or audit record survives power loss
-            "foreign_keys=ON",
-            "busy_timeout=10000",
-        ):
-            cursor.execute(f"PRAGMA {pragma}")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        immediate = conn.get_execution_options().get("vault_write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-
-def upgrade_schema(engine: Engine) -> None:
-    """Apply the packaged Alembic migrations; no alembic.ini is needed."""
-    from alembic import command
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-    # As a writer (BEGIN IMMEDIATE / the advisory lock), in one transaction (both databases have
-    # transactional DDL): vault processes starting together on one database migrate it once, the
-    # others wait and then find it at head; a failed migration leaves the previous schema intact.
-    try:
-        with engine.execution_options(vault_write=True).begin() as conn:
-            config.attributes["connection"] = conn
-            command.upgrade(config, "head")
-    except OperationalError as e:
-        raise Unavailable(
-            f"the database is not reachable: {driver_reason(e)}", code="storage_unavailable"
-        ) from None
-
-
-def driver_reason(error: DBAPIError) -> str:
-    """The driver's first line (libpq and sqlite never echo a password); not SQLAlchemy's, which
-    appends the statement and its parameters."""
-    text = str(error.orig).strip()
-    return text.splitlines()[0][:200] if text else type(error.orig).__name__
-
-
 # --- tokens -------------------------------------------------------------------------------------
 
 
@@ -286,43 +102,6 @@ class Principal:
 
 
 # --- audit --------------------------------------------------------------------------------------
-
-
-def canonical(event: dict[str, Any]) -> str:
-    return json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-
-
-def chain_hash(prev_hash: str, event_text: str) -> str:
-    return hashlib.sha256(prev_hash.encode() + b"\n" + event_text.encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class AuditProblem:
-    seq: int
-    reason: str
-
-
-def verify_chain(records: Iterator[tuple[int, str, str, str]]) -> tuple[int, AuditProblem | None]:
-    """Check (seq, event, prev_hash, hash) rows in order; returns (rows checked, first problem)."""
-    expected_prev, expected_seq, count = GENESIS_HASH, 1, 0
-    for seq, event_text, prev_hash, own_hash in records:
-        count += 1
-        if seq != expected_seq:
-            return count, AuditProblem(seq, f"sequence gap: expected record {expected_seq} (deleted?)")
-        if prev_hash != expected_prev:
-            return count, AuditProblem(
-                seq, "prev_hash does not match the previous record (deleted or altered)"
-            )
-        if chain_hash(prev_hash, event_text) != own_hash:
-            return count, AuditProblem(seq, "hash does not match its content (modified)")
-        try:
-            body = json.loads(event_text)
-        except ValueError:
-            return count, AuditProblem(seq, "event is not JSON")
-        if not isinstance(body, dict) or body.get("seq") != seq or canonical(body) != event_text:
-            return count, AuditProblem(seq, "event is not canonical or names another sequence number")
-        expected_prev, expected_seq = own_hash, seq + 1
-    return count, None
 
 
 # --- the store ----------------------------------------------------------------------------------
@@ -739,15 +518,3 @@ class Store:
             ]
 
 
-def verify_audit(engine: Engine) -> int:
-    """Check the whole audit chain in the database; returns the number of records."""
-    with Session(engine) as session, session.begin():
-        rows = session.execute(
-            select(AuditRecord.seq, AuditRecord.event, AuditRecord.prev_hash, AuditRecord.hash).order_by(
-                AuditRecord.seq
-            )
-        )
-        count, problem = verify_chain((seq, text, prev, own) for seq, text, prev, own in rows)
-    if problem is not None:
-        raise AuditChainError(f"audit chain broken at record {problem.seq}: {problem.reason}")
-    return count

@@ -25,7 +25,8 @@ from sqlalchemy.orm import Session
 
 from ..errors import KeyServiceError, NotFound
 from .http_common import API_PREFIX
-from .store import Principal, Store, Token, TokenUsage, now
+from .schema import Token, TokenUsage, now
+from .store import Principal, Store
 
 ACCESSOR = re.compile(r"[0-9a-f]{16}")
 LIST_ROLES = ("admin", "auditor")

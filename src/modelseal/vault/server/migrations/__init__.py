@@ -1,1 +1,1 @@
-"""Alembic migrations of the vault schema, applied in code by store.upgrade_schema()."""
+"""Alembic migrations of the vault schema, applied in code by engine.upgrade_schema()."""

@@ -1,4 +1,4 @@
-"""Alembic environment: runs on the connection store.upgrade_schema() passes in (no alembic.ini)."""
+"""Alembic environment: runs on the connection engine.upgrade_schema() passes in (no alembic.ini)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from sqlalchemy.engine import Connection
 
 connection = context.config.attributes.get("connection")
 if not isinstance(connection, Connection):
-    raise RuntimeError("the vault migrations run through modelseal.vault.server.store.upgrade_schema()")
+    raise RuntimeError("the vault migrations run through modelseal.vault.server.engine.upgrade_schema()")
 context.configure(connection=connection, render_as_batch=connection.dialect.name == "sqlite")
 with context.begin_transaction():
     context.run_migrations()
