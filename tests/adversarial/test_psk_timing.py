@@ -49,8 +49,8 @@ from vault.release_helpers import LocalVault, Request, build_request, local_vaul
 
 from modelseal.keyrelease import wire
 from modelseal.vault.server.app import create_app
-from modelseal.vault.server.devices import FAILURE_SWEEP_SECONDS, LOCKOUT_WINDOW_SECONDS, DeviceStore
 from modelseal.vault.server.http_common import parse_release
+from modelseal.vault.server.release import FAILURE_SWEEP_SECONDS, LOCKOUT_WINDOW_SECONDS, ReleaseDecider
 from modelseal.vault.server.schema import AuthFailure
 
 from .vault_inproc import StorageFaults, asgi_client
@@ -156,17 +156,17 @@ def test_the_timing_check_catches_a_planted_oracle(setup: Setup, monkeypatch: py
     """The check above has the power to fail: one branch made to cost two median requests more."""
     honest, _ = sample(setup, 60, seed=2)
     extra = 2 * statistics.median([t for values in honest.values() for t in values]) / 1e9
-    real = DeviceStore.find_device
+    real = ReleaseDecider.find_device
 
     def slow_for_unknown_devices(
-        self: DeviceStore, session: Any, domain: str, name: str
+        self: ReleaseDecider, session: Any, domain: str, name: str
     ) -> tuple[int | None, Any]:
         found = real(self, session, domain, name)
         if found[1] is None:
             time.sleep(extra)  # as a slow extra query that only the unknown branch made would
         return found
 
-    monkeypatch.setattr(DeviceStore, "find_device", slow_for_unknown_devices)
+    monkeypatch.setattr(ReleaseDecider, "find_device", slow_for_unknown_devices)
     times, shapes = sample(setup, SAMPLES, seed=3)
     assert len(shapes) == 1  # the bytes are still identical: only the time tells
     found = medians(times)
@@ -205,7 +205,7 @@ def test_every_refusal_does_the_psk_work(setup: Setup, monkeypatch: pytest.Monke
         macs.clear()
         decrypts.clear()
         with pytest.raises(Exception, match="key release refused"):
-            devices.release(request)
+            devices.releases.release(request)
         assert (len(macs), decrypts) == (1, ["psk"]), kind
 
 
@@ -220,7 +220,7 @@ def statements_by_kind(setup: Setup) -> dict[str, list[str]]:
             request = parse_release(json.dumps(setup.request(kind, i).body).encode())
             log.clear()
             with pytest.raises(Exception, match="key release refused"):
-                setup.local.devices.release(request)
+                setup.local.devices.releases.release(request)
             written = []
             for statement in log:
                 words = statement.replace('"', "").split()
@@ -248,13 +248,13 @@ def test_failures_of_names_nobody_owns_are_swept(setup: Setup) -> None:
     """Unknown names get failure rows too; rows older than the lockout window do not pile up."""
     devices = setup.local.devices
     now = time.time()
-    stale = devices.failure_subject(None, "nowhere", "ghost")
-    fresh = devices.failure_subject(None, "nowhere", "ghost-2")
+    stale = devices.releases.failure_subject(None, "nowhere", "ghost")
+    fresh = devices.releases.failure_subject(None, "nowhere", "ghost-2")
     with setup.local.store.write_session() as session:
         for _ in range(5):
-            devices.count_failure(session, stale, now - LOCKOUT_WINDOW_SECONDS - 60)
-        assert devices.recent_failures(session, stale, now - LOCKOUT_WINDOW_SECONDS - 30) == 5
-        devices._failures_swept = -FAILURE_SWEEP_SECONDS  # the sweep is due
-        devices.count_failure(session, fresh, now)
+            devices.releases.count_failure(session, stale, now - LOCKOUT_WINDOW_SECONDS - 60)
+        assert devices.releases.recent_failures(session, stale, now - LOCKOUT_WINDOW_SECONDS - 30) == 5
+        devices.releases._failures_swept = -FAILURE_SWEEP_SECONDS  # the sweep is due
+        devices.releases.count_failure(session, fresh, now)
         remaining = session.execute(select(func.count(AuthFailure.id))).scalar()
     assert remaining == 1  # only the fresh failure: the stale name's rows went with the sweep

@@ -507,7 +507,8 @@ def test_max_report_age_is_configured_and_bounded(tmp_path: Path, monkeypatch: p
     from modelseal.vault.errors import KeyServiceError
     from modelseal.vault.server import attestation
     from modelseal.vault.server.barrier import KeyFileBarrier
-    from modelseal.vault.server.devices import DeviceStore, ReleaseDenied
+    from modelseal.vault.server.device_rows import ReleaseDenied
+    from modelseal.vault.server.devices import DeviceStore
     from modelseal.vault.server.engine import upgrade_schema
     from modelseal.vault.server.store import Store
 

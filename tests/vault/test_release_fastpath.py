@@ -26,9 +26,10 @@ from modelseal.service.logs import JsonLog
 from modelseal.vault.server import app as app_module
 from modelseal.vault.server.admission import ReleaseSettings
 from modelseal.vault.server.app import create_app
-from modelseal.vault.server.devices import _ADD_LICENCE_DEVICE, DeviceStore
+from modelseal.vault.server.devices import DeviceStore
 from modelseal.vault.server.group_commit import CommitQueueFull
 from modelseal.vault.server.http_common import DENIED_BODY
+from modelseal.vault.server.release_sql import ADD_LICENCE_DEVICE
 from modelseal.vault.server.schema import Licence
 
 from .release_helpers import LocalVault, build_request, local_vault, open_answer
@@ -205,12 +206,12 @@ def test_licence_uses_inside_one_group_are_counted_and_capped(limited: Vault) ->
 def test_a_driver_error_is_raised_as_sqlalchemys_without_the_parameters(limited: Vault) -> None:
     devices = DeviceStore(limited.store)
     with limited.store.write_session() as session:
-        device = devices.find_device(session, "default", "cam0")[1]
+        device = devices.releases.find_device(session, "default", "cam0")[1]
         licence = session.execute(select(Licence.id).where(Licence.name == "l")).scalar()
         assert device is not None and licence is not None
         params = {"licence_id": licence, "device_id": device.id}
-        _ADD_LICENCE_DEVICE.run(session, params)
+        ADD_LICENCE_DEVICE.run(session, params)
         with pytest.raises(IntegrityError) as raised:  # the (licence, device) unique index
-            _ADD_LICENCE_DEVICE.run(session, params)
+            ADD_LICENCE_DEVICE.run(session, params)
         session.rollback()
     assert "[SQL: INSERT" in str(raised.value) and "parameters" not in str(raised.value)

@@ -41,8 +41,10 @@ from modelseal.vault.server import datadir
 from modelseal.vault.server import store as store_module
 from modelseal.vault.server.audit import verify_audit
 from modelseal.vault.server.barrier import KeyFileBarrier
-from modelseal.vault.server.devices import DeviceStore, ReleaseDenied, ReleaseRequest
+from modelseal.vault.server.device_rows import ReleaseDenied
+from modelseal.vault.server.devices import DeviceStore
 from modelseal.vault.server.engine import make_engine, upgrade_schema
+from modelseal.vault.server.release import ReleaseRequest
 from modelseal.vault.server.schema import Base, Domain, MasterKey, MasterKeyVersion, now
 from modelseal.vault.server.store import Principal, Store
 
@@ -136,7 +138,7 @@ def release_request(
 
 def released(v: Vault, req: ReleaseRequest) -> bool:
     try:
-        v.devices.release(req)
+        v.devices.releases.release(req)
     except ReleaseDenied:
         return False
     return True
@@ -407,7 +409,7 @@ def test_policy_and_licence_decisions(vault: Vault) -> None:
     d.put_policy(admin, "p", "k", [], ["edge"])
     assert d.read_policy(admin, "p")["groups"] == ["edge"] and d.list_policies(admin) == ["p"]
     req, mek = release_request(vault, "cam", cam, "k")
-    sealed = vault.devices.release(req)
+    sealed = vault.devices.releases.release(req)
     assert len(sealed) > len(mek)  # HPKE-sealed, never the key itself
     req, _ = release_request(vault, "other", other, "k")
     assert not released(vault, req)

@@ -10,7 +10,10 @@ store          operations on keys, data keys and tokens, Principal, the audit ap
 audit          the chain's canonical records and hashes, and its verification
 barrier        the root (barrier) key that encrypts every secret at rest; roots/ keyfile's
                alternatives: shamir (starts sealed), pkcs11 (a key in a token)
-devices        devices, PSKs, policies, licences, nonces, lockout and the release decision
+devices        devices, PSKs, policies and licences (the admin routes); device_rows: name rules,
+               barrier rows of PSKs and identities, the one ReleaseDenied
+release        ReleaseDecider: lockout, replay index, policy, licence counters, audit and the
+               HPKE seal of one release; release_sql: its prepared statements
 device_auth    a device's PSK proof on requests other than the release (leases, model downloads)
 attestation    attestation-based release to accelerator cards (reports from modelseal.device)
 group_commit   one writer commits a batch of releases, each with its audit record, per fsync

@@ -98,7 +98,7 @@ class ReleaseGate:
         """Commit one release decision (grouped, or alone in the thread pool); the sealed key."""
         if self.committer is not None:
             return await self.committer.commit(decide, on_conflict)
-        return await run_in_threadpool(self.devices.commit_release, decide, on_conflict)
+        return await run_in_threadpool(self.devices.releases.commit_release, decide, on_conflict)
 
     def close(self) -> None:
         if self.committer is not None:

@@ -25,7 +25,8 @@ from ...service.logs import JsonLog
 from ..errors import KeyServiceError, PermissionDenied, Unavailable
 from . import metrics
 from .admission import ReleaseGate, ReleaseSettings, queue_full_response
-from .devices import DeviceStore, ReleaseDenied
+from .device_rows import ReleaseDenied
+from .devices import DeviceStore
 from .group_commit import CommitQueueFull
 from .http_common import (
     API_PREFIX,
@@ -310,7 +311,7 @@ def create_app(
         except BadRelease as e:
             return error_response(400, "invalid_request", f"invalid request field: {e}")
         try:
-            sealed = await gate.release(*devices.release_steps(req))
+            sealed = await gate.release(*devices.releases.release_steps(req))
         except ReleaseDenied:
             return Response(DENIED_BODY, 403, headers=NO_STORE, media_type="application/json")
         except CommitQueueFull as e:

@@ -41,7 +41,8 @@ from ...keyrelease.wire import DEFAULT_DOMAIN
 from ...service.http import NO_STORE, error_response, read_bounded
 from ..errors import KeyServiceError, Unavailable
 from .admission import ReleaseGate, ReleaseSettings, queue_full_response
-from .devices import LOCKOUT_FAILURES, LOCKOUT_WINDOW_SECONDS, Decision, DeviceStore, ReleaseDenied
+from .device_rows import ReleaseDenied
+from .devices import DeviceStore
 from .group_commit import CommitQueueFull
 from .http_common import (
     DENIED_BODY,
@@ -51,6 +52,7 @@ from .http_common import (
     release_int,
     release_name,
 )
+from .release import LOCKOUT_FAILURES, LOCKOUT_WINDOW_SECONDS, Decision
 from .schema import AttestNonce, Device
 from .store import Principal, Store
 
@@ -186,12 +188,12 @@ class Attestation:
         nonce = os.urandom(wire.ATTEST_NONCE_SIZE)
         at = time.time()
         with self.store.write_session() as session:
-            _, device = self.devices.find_device(session, domain, name)
+            _, device = self.devices.releases.find_device(session, domain, name)
             if (
                 device is None
                 or device.revoked
                 or device.identity is None
-                or self.devices.device_failures(session, device, at) >= LOCKOUT_FAILURES
+                or self.devices.releases.device_failures(session, device, at) >= LOCKOUT_FAILURES
             ):
                 return nonce
             session.execute(
@@ -224,7 +226,7 @@ class Attestation:
 
     def release(self, req: AttestedRelease) -> bytes:
         """The file key HPKE-sealed to the report's session key, or ReleaseDenied (reason audited)."""
-        return self.devices.commit_release(*self.release_steps(req))
+        return self.devices.releases.commit_release(*self.release_steps(req))
 
     def release_steps(
         self, req: AttestedRelease
@@ -233,23 +235,15 @@ class Attestation:
         return lambda session, at: self._decide(session, req, at), lambda: self._record_conflict(req)
 
     def _record_conflict(self, req: AttestedRelease) -> None:
-        try:
-            with self.store.write_session() as session:
-                # Only a known device's decision gets as far as a unique index: its names are real.
-                self.store.audit_in(
-                    session,
-                    req.domain,
-                    "key.release",
-                    f"device:{req.device}",
-                    device=req.device,
-                    key=req.key_name,
-                    version=req.key_version,
-                    outcome="conflict",
-                    proof="attestation",
-                    nonce_hmac=self._nonce_hmac(req),
-                )
-        except Exception:  # noqa: S110 - the refusal stands whether or not it could be recorded
-            pass
+        # Only a known device's decision gets as far as a unique index: its names are real.
+        self.devices.releases.record_refusal_apart(
+            req.domain,
+            req.device,
+            req,
+            outcome="conflict",
+            proof="attestation",
+            nonce_hmac=self._nonce_hmac(req),
+        )
 
     def _nonce_hmac(self, req: AttestedRelease) -> str:
         return self.store.secret_digest("attest nonce digest", req.report.request_digest)
@@ -257,17 +251,18 @@ class Attestation:
     def _identity(self, device: Device | None) -> tuple[Ed25519PublicKey, bytes | None] | None:
         if device is None or device.identity is None:
             return None
-        public, measurement = self.devices.identity_of(device) or (b"", None)
+        public, measurement = self.devices.releases.identity_of(device) or (b"", None)
         return Ed25519PublicKey.from_public_bytes(public), measurement
 
     def _decide(self, session: Session, req: AttestedRelease, at: float) -> Decision:
         decision = Decision()
         report = req.report
-        domain_id, device = self.devices.find_device(session, req.domain, req.device)
+        domain_id, device = self.devices.releases.find_device(session, req.domain, req.device)
         identity = self._identity(device)
         if identity is None:
             # The barrier work a known device's identity costs, so timing says little more.
-            self.store.barrier.decrypt(self.devices._dummy_blob(), table="devices", row="-", purpose="psk")
+            dummy = self.devices.releases.dummy_blob()
+            self.store.barrier.decrypt(dummy, table="devices", row="-", purpose="psk")
         try:
             (identity[0] if identity else _DUMMY_IDENTITY).verify(report.signature, report.signed_bytes())
             signed = identity is not None
@@ -281,10 +276,10 @@ class Attestation:
             decision.reason = "not_enrolled"
         elif not signed:
             decision.reason = "bad_signature"
-        subject = self.devices.failure_subject(domain_id, req.domain, req.device)
+        subject = self.devices.releases.failure_subject(domain_id, req.domain, req.device)
         if decision.reason is not None:  # every failed proof counts, so all write the same rows
-            self.devices.count_failure(session, subject, at)
-        self.devices.check_lockout(session, subject, at, decision)
+            self.devices.releases.count_failure(session, subject, at)
+        self.devices.releases.check_lockout(session, subject, at, decision)
         if decision.reason is None and device is not None:
             decision.reason = self._consume_nonce(session, device, report, at)
         if decision.reason is None and identity is not None:
@@ -298,7 +293,7 @@ class Attestation:
             elif age < -MAX_CLOCK_SKEW:
                 decision.reason = "future_report"
         if decision.reason is None and device is not None:
-            self.devices._authorize_and_seal(session, device, req, at, decision)
+            self.devices.releases.authorize_and_seal(session, device, req, at, decision)
 
         proof: dict[str, Any] = {"proof": "attestation", "nonce_hmac": self._nonce_hmac(req)}
         if signed and device is not None:
@@ -309,7 +304,7 @@ class Attestation:
                 "session_counter": report.session_counter,
                 "measurement": report.measurement.hex(),
             }
-        self.devices.audit_release(
+        self.devices.releases.audit_release(
             session,
             domain=req.domain,
             domain_known=domain_id is not None,

@@ -30,7 +30,9 @@ from sqlalchemy.orm import Session
 
 from ...keyrelease import wire
 from ...keyrelease.wire import DEFAULT_DOMAIN
-from .devices import LOCKOUT_FAILURES, DeviceStore, ReleaseDenied
+from .device_rows import ReleaseDenied, psk_row
+from .devices import DeviceStore
+from .release import LOCKOUT_FAILURES, ReleaseDecider
 from .schema import Device, Domain, Licence, LicenceDevice, MasterKey, Policy, ReleaseNonce
 
 T = TypeVar("T")
@@ -141,10 +143,10 @@ class DeviceRequests:
         barrier = self.store.barrier
         if device is None:
             # The same barrier, HMAC and failure work as a known device (as release does).
-            psk = barrier.decrypt(self.devices._dummy_blob(), table="devices", row="-", purpose="psk")
+            psk = barrier.decrypt(self.devices.releases.dummy_blob(), table="devices", row="-", purpose="psk")
         else:
             psk = barrier.decrypt(
-                device.psk, table="devices", row=self.devices._psk_row(device), purpose="psk"
+                device.psk, table="devices", row=psk_row(device), purpose="psk"
             )
         mac_ok = hmac.compare_digest(wire.mac(psk, proof.mac_input()), proof.mac)
 
@@ -154,10 +156,10 @@ class DeviceRequests:
             out.reason = "revoked"
         elif not mac_ok:
             out.reason = "bad_mac"
-        subject = self.devices.failure_subject(domain_id, proof.domain, proof.device)
+        subject = self.devices.releases.failure_subject(domain_id, proof.domain, proof.device)
         if out.reason is not None:  # every failed proof counts, so all write the same rows
-            self.devices.count_failure(session, subject, at)
-        failures = self.devices.recent_failures(session, subject, at)
+            self.devices.releases.count_failure(session, subject, at)
+        failures = self.devices.releases.recent_failures(session, subject, at)
         out.details["recent_failures"] = failures
         if out.reason is None and failures >= LOCKOUT_FAILURES:
             out.reason = "locked"
@@ -324,7 +326,7 @@ class DeviceRequests:
     def _licence_refusal(session: Session, lic: Licence, device_id: int, at: float) -> str | None:
         if lic.not_after is not None and at > lic.not_after:
             return "licence_expired"
-        if lic.max_devices is not None and not DeviceStore._knows(session, lic.id, device_id):
+        if lic.max_devices is not None and not ReleaseDecider.knows(session, lic.id, device_id):
             count = session.execute(
                 select(func.count(LicenceDevice.id)).where(LicenceDevice.licence_id == lic.id)
             ).scalar()

@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session
 
 from ..errors import Unavailable
-from .devices import Decision, DeviceStore, ReleaseDenied
+from .device_rows import ReleaseDenied
+from .devices import DeviceStore
+from .release import Decision
 
 Decide = Callable[[Session, float], Decision]
 OnConflict = Callable[[], None]
@@ -167,7 +169,7 @@ class GroupCommitter:
             stats.retried += len(batch)
             for item in batch:
                 try:
-                    item.outcome = self.devices.commit_release(item.decide, item.on_conflict)
+                    item.outcome = self.devices.releases.commit_release(item.decide, item.on_conflict)
                 except Exception as e:
                     item.outcome = e
             return

@@ -10,7 +10,8 @@ from typing import Any
 
 from ...keyrelease import datakeys, wire
 from ...keyrelease.wire import DEFAULT_DOMAIN
-from .devices import ReleaseDenied, ReleaseRequest
+from .device_rows import ReleaseDenied
+from .release import ReleaseRequest
 
 API_PREFIX = "/v1"
 

@@ -29,7 +29,8 @@ from .device_auth import (
     Outcome,
     parse_device_headers,
 )
-from .devices import ID_PATTERN, DeviceStore, ReleaseDenied, iso_time
+from .device_rows import ID_PATTERN, ReleaseDenied, iso_time
+from .devices import DeviceStore
 from .http_common import API_PREFIX
 from .repository import ModelRecord, denied, key_refs_of
 from .schema import Device

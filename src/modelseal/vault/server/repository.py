@@ -43,7 +43,8 @@ from ..client import recipient
 from ..errors import KeyServiceError, NotFound, PermissionDenied, Unavailable
 from .device_auth import BadDeviceRequest, DeviceProof, DeviceRequests, Outcome, has_device_headers
 from .device_auth import parse_device_headers as parse_proof
-from .devices import DeviceStore, ReleaseDenied, check_id
+from .device_rows import ReleaseDenied, check_id
+from .devices import DeviceStore
 from .http_common import API_PREFIX
 from .schema import Base, Device, now
 from .store import Principal, Store
