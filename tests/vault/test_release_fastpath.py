@@ -23,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from modelseal.service.logs import JsonLog
-from modelseal.vault.server import app as app_module
+from modelseal.vault.server import release_api
 from modelseal.vault.server.admission import ReleaseSettings
 from modelseal.vault.server.app import create_app
 from modelseal.vault.server.devices import DeviceStore
@@ -160,7 +160,7 @@ def test_an_unexpected_error_is_a_500_counted_and_logged_as_error(
     def crash(_: bytes) -> Any:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(app_module, "parse_release", crash)
+    monkeypatch.setattr(release_api, "parse_release", crash)
     answer = served.post(build_request("cam", served.psk, served.local.sealed).body)
     assert answer.status_code == 500 and answer.text == "Internal Server Error"
     (line,) = [line for line in served.log_lines() if line.get("route") == "/v1/release"]

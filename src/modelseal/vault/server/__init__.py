@@ -2,9 +2,10 @@
 reaches it through the names below; everything else here is internal to the server.
 
 datadir        a vault's data folder: init (root, database, TLS, admin token) and serve (uvicorn)
-app            create_app: the FastAPI app and its routes (keys, datakeys, devices, policies,
-               licences, tokens, audit, sys); release_fastpath answers POST /v1/release first
-http_common    API prefix, roles of each route kind, the release body parser
+app            create_app: the FastAPI app, its token and role checks, and the routes of
+               sys_api, keys_api, tokens, devices_api, policies_api, release_api (POST /v1/release,
+               answered first by release_fastpath), attestation, leases, repository, export_api
+http_common    API prefix, roles of each route kind, the Allow check's type, the release body parser
 schema         every table (SQLAlchemy 2 ORM); engine: SQLite/PostgreSQL connections, migrations
 store          operations on keys, data keys and tokens, Principal, the audit append (audit_in)
 audit          the chain's canonical records and hashes, and its verification

@@ -6,12 +6,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any
+from typing import Any, Protocol
 
 from ...keyrelease import datakeys, wire
 from ...keyrelease.wire import DEFAULT_DOMAIN
 from .device_rows import ReleaseDenied
 from .release import ReleaseRequest
+from .store import Principal
 
 API_PREFIX = "/v1"
 
@@ -76,3 +77,9 @@ def parse_release(data: bytes) -> ReleaseRequest:
         ),
         mac=release_b64(body, "mac", wire.MAC_SIZE, wire.MAC_SIZE),
     )
+
+
+class Allow(Protocol):
+    """create_app's role check: refuses (and audits the refusal) unless ``who`` has one of ``roles``."""
+
+    def __call__(self, who: Principal, roles: tuple[str, ...], op: str, target: str = "") -> None: ...

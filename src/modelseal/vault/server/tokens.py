@@ -19,10 +19,12 @@ import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Response
+from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from ...service.http import NO_STORE
 from ..errors import KeyServiceError, NotFound
 from .http_common import API_PREFIX
 from .schema import Token, TokenUsage, now
@@ -147,6 +149,11 @@ class TokenStore:
         return self.store.operation(who, "token.revoke", accessor, run)
 
 
+class CreateToken(BaseModel):
+    role: str
+    name: str = Field(default="", max_length=128)
+
+
 def add_routes(
     app: FastAPI,
     tokens: TokenStore,
@@ -154,6 +161,13 @@ def add_routes(
     allow: Callable[[Principal, tuple[str, ...], str, str], None],
 ) -> None:
     Caller = Annotated[Principal, Depends(caller)]
+
+    @app.post(f"{API_PREFIX}/tokens")
+    def create_token(who: Caller, body: CreateToken, response: Response) -> dict[str, Any]:
+        allow(who, ("admin",), "token.create", body.role)
+        token, accessor = tokens.store.create_token(who, body.role, body.name)
+        response.headers.update(NO_STORE)
+        return {"token": token, "accessor": accessor, "role": body.role, "domain": who.domain}
 
     @app.get(f"{API_PREFIX}/tokens")
     def list_tokens(who: Caller) -> dict[str, Any]:

@@ -1,0 +1,66 @@
+"""POST /v1/release: a device's key release (PSK proof in the body, no token), the hot path.
+
+A plain Starlette route with its small body parsed by hand (http_common.parse_release): FastAPI's
+dependency injection and validation would cost ~110 µs a request (docs/architecture.md). Unsealed
+POSTs are answered before the app's middleware and route table (release_fastpath.py); the route is
+in the table too, for its 405 on other methods and the sealed guard.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ...service.http import NO_STORE, error_response, read_bounded
+from ..errors import Unavailable
+from .admission import ReleaseGate, queue_full_response
+from .device_rows import ReleaseDenied
+from .devices import DeviceStore
+from .group_commit import CommitQueueFull
+from .http_common import API_PREFIX, DENIED_BODY, MAX_RELEASE_BODY, BadRelease, parse_release
+from .release_fastpath import Endpoint, VaultAPI
+from .store import Store
+
+
+def add_routes(app: VaultAPI, store: Store, devices: DeviceStore, gate: ReleaseGate) -> Endpoint:
+    """Register the release route; returns its guarded endpoint for the fast path."""
+
+    async def release(request: Request) -> Response:
+        # No bearer token: the PSK proof in the body is the device's authentication.
+        if store.barrier.sealed:
+            return error_response(503, "sealed", "the vault is sealed")
+        data = await read_bounded(request, MAX_RELEASE_BODY)
+        if data is None:
+            return error_response(413, "invalid_request", "the release request is too large")
+        try:
+            req = parse_release(data)
+        except BadRelease as e:
+            return error_response(400, "invalid_request", f"invalid request field: {e}")
+        try:
+            sealed = await gate.release(*devices.releases.release_steps(req))
+        except ReleaseDenied:
+            return Response(DENIED_BODY, 403, headers=NO_STORE, media_type="application/json")
+        except CommitQueueFull as e:
+            return queue_full_response(e)
+        except Unavailable as e:
+            return error_response(503, e.code, e.message)
+        except Exception:
+            # Storage or audit failure: the transaction rolled back, so nothing was released.
+            return error_response(
+                503, "release_failed", "the vault could not record the release; nothing was released"
+            )
+        answer = {
+            "key_name": req.key_name,
+            "key_version": req.key_version,
+            "sealed": base64.b64encode(sealed).decode(),
+        }
+        return Response(json.dumps(answer), 200, headers=NO_STORE, media_type="application/json")
+
+    # In the route table too: its 405 for other methods, and POSTs while sealed reach the sealed
+    # guard through the app's middleware. Unsealed POSTs take the fast path (set at the end).
+    guarded_release = gate.guard(release)
+    app.add_route(f"{API_PREFIX}/release", guarded_release, methods=["POST"], include_in_schema=False)
+    return guarded_release
