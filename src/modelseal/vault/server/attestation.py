@@ -40,12 +40,9 @@ from ...keyrelease import datakeys, wire
 from ...keyrelease.wire import DEFAULT_DOMAIN
 from ...service.http import NO_STORE, error_response, read_bounded
 from ..errors import KeyServiceError, Unavailable
-from .admission import ReleaseGate, ReleaseSettings, queue_full_response
-from .device_rows import ReleaseDenied
+from .admission import ReleaseGate, ReleaseSettings
 from .devices import DeviceStore
-from .group_commit import CommitQueueFull
 from .http_common import (
-    DENIED_BODY,
     WRITE_KEYS,
     BadRelease,
     release_b64,
@@ -53,6 +50,7 @@ from .http_common import (
     release_name,
 )
 from .release import LOCKOUT_FAILURES, LOCKOUT_WINDOW_SECONDS, Decision
+from .release_api import answer_release
 from .schema import AttestNonce, Device
 from .store import Principal, Store
 
@@ -432,26 +430,7 @@ def add_routes(
             req = parse_attested_release(data)
         except BadRelease as e:
             return error_response(400, "invalid_request", f"invalid request field: {e}")
-        try:
-            sealed = await gate.release(*service.release_steps(req))
-        except ReleaseDenied:
-            return Response(DENIED_BODY, 403, headers=NO_STORE, media_type="application/json")
-        except CommitQueueFull as e:
-            return queue_full_response(e)
-        except Unavailable as e:
-            return error_response(503, e.code, e.message)
-        except Exception:
-            # Storage or audit failure: the transaction rolled back, so nothing was released.
-            return error_response(
-                503, "release_failed", "the vault could not record the release; nothing was released"
-            )
-        return _json(
-            {
-                "key_name": req.key_name,
-                "key_version": req.key_version,
-                "sealed": base64.b64encode(sealed).decode(),
-            }
-        )
+        return await answer_release(gate, service.release_steps(req), req)
 
     app.add_route("/v1/attest/challenge", challenge, methods=["POST"], include_in_schema=False)
     app.add_route("/v1/attest/release", gate.guard(release), methods=["POST"], include_in_schema=False)

@@ -19,10 +19,37 @@ from ..errors import Unavailable
 from .admission import ReleaseGate, queue_full_response
 from .device_rows import ReleaseDenied
 from .devices import DeviceStore
-from .group_commit import CommitQueueFull
+from .group_commit import CommitQueueFull, Decide, OnConflict
 from .http_common import API_PREFIX, DENIED_BODY, MAX_RELEASE_BODY, BadRelease, parse_release
+from .release import ReleaseTarget
 from .release_fastpath import Endpoint, VaultAPI
 from .store import Store
+
+
+async def answer_release(
+    gate: ReleaseGate, steps: tuple[Decide, OnConflict], target: ReleaseTarget
+) -> Response:
+    """Run one release decision through the gate and answer it; the same for a PSK proof and an
+    attestation report: 200 with the sealed key, the one 403 body for every refusal, 429/503 when
+    over capacity, 503 when storage failed (the transaction rolled back: nothing was released)."""
+    try:
+        sealed = await gate.release(*steps)
+    except ReleaseDenied:
+        return Response(DENIED_BODY, 403, headers=NO_STORE, media_type="application/json")
+    except CommitQueueFull as e:
+        return queue_full_response(e)
+    except Unavailable as e:
+        return error_response(503, e.code, e.message)
+    except Exception:
+        return error_response(
+            503, "release_failed", "the vault could not record the release; nothing was released"
+        )
+    answer = {
+        "key_name": target.key_name,
+        "key_version": target.key_version,
+        "sealed": base64.b64encode(sealed).decode(),
+    }
+    return Response(json.dumps(answer), 200, headers=NO_STORE, media_type="application/json")
 
 
 def add_routes(app: VaultAPI, store: Store, devices: DeviceStore, gate: ReleaseGate) -> Endpoint:
@@ -39,25 +66,7 @@ def add_routes(app: VaultAPI, store: Store, devices: DeviceStore, gate: ReleaseG
             req = parse_release(data)
         except BadRelease as e:
             return error_response(400, "invalid_request", f"invalid request field: {e}")
-        try:
-            sealed = await gate.release(*devices.releases.release_steps(req))
-        except ReleaseDenied:
-            return Response(DENIED_BODY, 403, headers=NO_STORE, media_type="application/json")
-        except CommitQueueFull as e:
-            return queue_full_response(e)
-        except Unavailable as e:
-            return error_response(503, e.code, e.message)
-        except Exception:
-            # Storage or audit failure: the transaction rolled back, so nothing was released.
-            return error_response(
-                503, "release_failed", "the vault could not record the release; nothing was released"
-            )
-        answer = {
-            "key_name": req.key_name,
-            "key_version": req.key_version,
-            "sealed": base64.b64encode(sealed).decode(),
-        }
-        return Response(json.dumps(answer), 200, headers=NO_STORE, media_type="application/json")
+        return await answer_release(gate, devices.releases.release_steps(req), req)
 
     # In the route table too: its 405 for other methods, and POSTs while sealed reach the sealed
     # guard through the app's middleware. Unsealed POSTs take the fast path (set at the end).
