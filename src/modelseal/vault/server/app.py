@@ -36,7 +36,7 @@ from .devices import DeviceStore
 from .http_common import (
     API_PREFIX,
 )
-from .release_fastpath import ReleaseFastPath, VaultAPI
+from .release_fastpath import ReleaseFastPath, VaultApp
 from .store import Principal, Store
 from .tokens import TokenStore
 
@@ -51,7 +51,7 @@ def create_app(
     metrics_public: bool = False,
     log: JsonLog | None = None,
 ) -> FastAPI:
-    app = VaultAPI(
+    app = VaultApp(
         title="modelseal vault",
         version="1",
         openapi_url=f"{API_PREFIX}/openapi.json",

@@ -22,7 +22,7 @@ from .devices import DeviceStore
 from .group_commit import CommitQueueFull, Decide, OnConflict
 from .http_common import API_PREFIX, DENIED_BODY, MAX_RELEASE_BODY, BadRelease, parse_release
 from .release import ReleaseTarget
-from .release_fastpath import Endpoint, VaultAPI
+from .release_fastpath import Endpoint, VaultApp
 from .store import Store
 
 
@@ -52,7 +52,7 @@ async def answer_release(
     return Response(json.dumps(answer), 200, headers=NO_STORE, media_type="application/json")
 
 
-def add_routes(app: VaultAPI, store: Store, devices: DeviceStore, gate: ReleaseGate) -> Endpoint:
+def add_routes(app: VaultApp, store: Store, devices: DeviceStore, gate: ReleaseGate) -> Endpoint:
     """Register the release route; returns its guarded endpoint for the fast path."""
 
     async def release(request: Request) -> Response:

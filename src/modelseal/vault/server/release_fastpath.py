@@ -4,7 +4,7 @@ Every request through the FastAPI app passes ~10 ASGI layers (Starlette's error 
 middleware, FastAPI's telemetry, body-limit and exit-stack middleware, the request observer, the
 sealed guard) and a route table of ~50 routes matched in order, each layer with its own send
 wrapper. That is the same fixed cost for a key release as for a health request, and the release
-is the one route on the hot path. Here the vault's outermost ASGI callable (``VaultAPI``) sends
+is the one route on the hot path. Here the vault's outermost ASGI callable (``VaultApp``) sends
 it straight to its endpoint, the same function the route table holds, behind the same in-flight
 gate, and keeps what those layers did for it:
 
@@ -75,7 +75,7 @@ class ReleaseFastPath:
             self.record("POST", RELEASE_PATH, status, time.perf_counter() - started)
 
 
-class VaultAPI(FastAPI):
+class VaultApp(FastAPI):
     """The vault's app: FastAPI, with the key release taken first (``release_fastpath``)."""
 
     release_fastpath: ReleaseFastPath | None = None
