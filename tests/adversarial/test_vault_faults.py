@@ -44,8 +44,9 @@ from modelseal.vault.server import datadir
 from modelseal.vault.server.admission import ReleaseSettings
 from modelseal.vault.server.app import create_app
 from modelseal.vault.server.audit import verify_audit
+from modelseal.vault.server.callers import Principal
 from modelseal.vault.server.devices import DeviceStore
-from modelseal.vault.server.store import Principal, Store
+from modelseal.vault.server.store import Store
 
 from .vault_inproc import StorageFaults, asgi_client
 

@@ -19,8 +19,9 @@ import modelseal
 from modelseal.keyrelease import wire
 from modelseal.vault.client import DeviceIdentity, VaultRecipient
 from modelseal.vault.server import datadir
+from modelseal.vault.server.callers import Principal
 from modelseal.vault.server.devices import DeviceStore
-from modelseal.vault.server.store import Principal, Store
+from modelseal.vault.server.store import Store
 
 from .conftest import VaultServer
 

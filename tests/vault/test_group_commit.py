@@ -25,9 +25,10 @@ from sqlalchemy.orm import Session
 from modelseal.vault.server.admission import ReleaseGate, ReleaseSettings
 from modelseal.vault.server.app import create_app
 from modelseal.vault.server.audit import verify_audit
+from modelseal.vault.server.callers import Principal
 from modelseal.vault.server.devices import DeviceStore
 from modelseal.vault.server.group_commit import GroupCommitter
-from modelseal.vault.server.store import Principal, Store
+from modelseal.vault.server.store import Store
 
 from .release_helpers import Request, Sealed, build_request, local_vault, open_answer
 

@@ -41,12 +41,13 @@ from modelseal.vault.server import datadir
 from modelseal.vault.server import store as store_module
 from modelseal.vault.server.audit import verify_audit
 from modelseal.vault.server.barrier import KeyFileBarrier
+from modelseal.vault.server.callers import Principal
 from modelseal.vault.server.device_rows import ReleaseDenied
 from modelseal.vault.server.devices import DeviceStore
 from modelseal.vault.server.engine import make_engine, upgrade_schema
 from modelseal.vault.server.release import ReleaseRequest
 from modelseal.vault.server.schema import Base, Domain, MasterKey, MasterKeyVersion, now
-from modelseal.vault.server.store import Principal, Store
+from modelseal.vault.server.store import Store
 
 from .conftest import VaultServer, start_server, stop_server
 from .postgres import PostgresServer

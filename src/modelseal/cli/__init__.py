@@ -9,8 +9,8 @@ sealing       seal, unseal, inspect, verify, rewrap
 qaic          encrypt-model, encrypt-with-session-keys, wrap-mek, replace-mek (the seed's workflow)
 cfs           cfs mount, cfs run
 device        device serve/attest/verify/load/run/keygen (emulated accelerator cards)
-vault         the parsers of `vault ...`; vault_server (init, serve, status, seal, unseal, audit)
-              and vault_admin (the REST API commands) hold the commands
+vault         the parsers of the REST API commands (`vault key|token|device|policy|...`), whose
+              commands are in vault_admin; vault_server: init, serve, status, seal, unseal, audit
 agent         agent serve
 progress      the progress bar
 

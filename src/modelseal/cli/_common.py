@@ -29,6 +29,10 @@ class CliError(modelseal.UsageError):
 
 
 AddParser = Callable[[str, str, str], argparse.ArgumentParser]
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    Subcommands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def add_command(
@@ -84,6 +88,50 @@ def source_size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# --- `vault ...` subcommands (cli.vault, vault_server, vault_admin) ----------------------------
+
+
+def leaf(sub: Subcommands, name: str, help_text: str, example: str) -> argparse.ArgumentParser:
+    """A `vault` subcommand: its help and example, and a -v that keeps a `vault -v` given before it."""
+    p = sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        # `--token X` must not pass as an abbreviation of --token-file and send X into an error
+        allow_abbrev=False,
+    )
+    # SUPPRESS: a leaf's default must not overwrite `vault -v` given before the subcommand.
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show a traceback on errors",
+    )
+    return p
+
+
+def api_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags of a command that talks to the REST API."""
+    p.add_argument("--vault", metavar="URL", help="vault address (env MODELSEAL_VAULT_ADDR)")
+    p.add_argument(
+        "--token-file", metavar="F", help="file holding the token (env MODELSEAL_VAULT_TOKEN_FILE)"
+    )
+    p.add_argument(
+        "--ca", metavar="CA.pem", help="CA to trust, e.g. DIR/tls/ca.pem (env MODELSEAL_VAULT_CA)"
+    )
+    return p
+
+
+def data_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags of a command that works on the data folder itself."""
+    p.add_argument("--data", required=True, metavar="DIR", help="the vault's data folder")
+    p.add_argument("--database", metavar="URL", help="SQLAlchemy URL (default: SQLite in DIR)")
+    return p
 
 
 # --- flags several commands take ---------------------------------------------------------------

@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._common import CliError, print_json, require_vault_extra
+from ._common import CliError, api_flags, data_flags, leaf, print_json, require_vault_extra, size
 from .vault_admin import client_of
+
+if TYPE_CHECKING:
+    from ._common import Subcommands
+
+DEFAULT_LISTEN = "127.0.0.1:8180"
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -152,3 +157,156 @@ def cmd_audit_verify(args: argparse.Namespace) -> None:
 
     count = verify_audit(args.data, args.database)
     print(f"audit chain intact: {count} record(s)", file=sys.stderr)
+
+
+def add_server_commands(groups: Subcommands) -> None:
+    """init, serve, status, seal, unseal: the vault process and its data folder."""
+    p = data_flags(
+        leaf(
+            groups,
+            "init",
+            "create a vault: root key, database, TLS certificates, first admin token",
+            "modelseal vault init --data ./vault",
+        )
+    )
+    p.add_argument(
+        "--root",
+        choices=("key-file", "shamir", "pkcs11"),
+        default="key-file",
+        help="root of trust (default key-file)",
+    )
+    shamir_flags = p.add_argument_group("--root shamir (the vault starts sealed; `vault unseal` opens it)")
+    shamir_flags.add_argument("--shares", type=int, metavar="N", help="how many shares to make (e.g. 5)")
+    shamir_flags.add_argument("--threshold", type=int, metavar="K", help="how many unseal the vault (e.g. 3)")
+    shamir_flags.add_argument(
+        "--share-dir", metavar="D", help="folder for the share files (share-1.txt ..., 0600), written once"
+    )
+    token_flags = p.add_argument_group("--root pkcs11 (the root is encrypted by a key kept in the token)")
+    token_flags.add_argument("--module", metavar="SO", help="e.g. /usr/lib/softhsm/libsofthsm2.so")
+    token_flags.add_argument("--token", metavar="LABEL", help="the token's label")
+    token_flags.add_argument("--pin-file", metavar="F", help="user PIN file (0600); serve reads it too")
+    token_flags.add_argument("--key-label", metavar="L", help="label of the AES key made in the token")
+    p.set_defaults(func=cmd_init)
+
+    p = data_flags(
+        leaf(
+            groups,
+            "serve",
+            "run the vault API (TLS with DIR's certificates)",
+            "modelseal vault serve --data ./vault --listen 127.0.0.1:8180",
+        )
+    )
+    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT", help=f"default {DEFAULT_LISTEN}")
+    p.add_argument(
+        "--insecure-http",
+        action="store_true",
+        help="serve plain HTTP without TLS: for tests only, never deploy",
+    )
+    p.add_argument(
+        "--models-dir",
+        metavar="DIR",
+        help="the model repository's files (default DATA/models; one shared folder for replicas)",
+    )
+    p.add_argument(
+        "--max-model-size",
+        type=size,
+        metavar="SIZE",
+        help="largest model upload accepted, bytes or with K/M/G/T (default 64G)",
+    )
+    # Key-release capacity (vault/server/admission.py, group_commit.py); defaults are admission.DEFAULT_*.
+    p.add_argument(
+        "--max-inflight",
+        type=int,
+        default=256,
+        metavar="N",
+        help="key releases in flight at once; past it 429 + Retry-After at once (default 256)",
+    )
+    p.add_argument(
+        "--max-commit-queue",
+        type=int,
+        default=128,
+        metavar="N",
+        help="releases waiting for the group commit (the storage is behind); past it 503 + Retry-After "
+        "(default 128)",
+    )
+    p.add_argument(
+        "--commit-window",
+        type=float,
+        default=1.0,
+        metavar="MS",
+        help="milliseconds the release writer waits for more releases to commit together, 0-100 "
+        "(default 1; 0: whatever queued while the previous commit ran)",
+    )
+    p.add_argument(
+        "--no-group-commit",
+        action="store_true",
+        help="commit each key release in its own transaction (slower; for comparison)",
+    )
+    # Service features (issue 4): export, metrics, client certificates.
+    p.add_argument(
+        "--allow-export",
+        action="store_true",
+        help="allow admins to export master keys HPKE-sealed to a guard key (off by default; audited)",
+    )
+    p.add_argument(
+        "--metrics-public",
+        action="store_true",
+        help="serve /v1/sys/metrics without a token (default: admin or auditor token)",
+    )
+    p.add_argument(
+        "--client-ca",
+        metavar="CA.pem",
+        help="ask clients for a certificate signed by this CA; a presented one must verify",
+    )
+    p.add_argument(
+        "--client-cert-required",
+        action="store_true",
+        help="with --client-ca: refuse TLS connections without a valid client certificate",
+    )
+    p.set_defaults(func=cmd_serve, own_signals=True)
+
+    p = api_flags(
+        leaf(
+            groups,
+            "status",
+            "show liveness and readiness (exit 15 when not ready)",
+            "modelseal vault status --vault https://127.0.0.1:8180 --ca ./vault/tls/ca.pem",
+        )
+    )
+    p.set_defaults(func=cmd_status)
+
+    p = api_flags(
+        leaf(
+            groups,
+            "seal",
+            "seal the running vault (admin): key routes answer 503 until restart",
+            "modelseal vault seal --token-file admin.token",
+        )
+    )
+    p.set_defaults(func=cmd_seal_vault)
+
+    p = api_flags(
+        leaf(
+            groups,
+            "unseal",
+            "give one Shamir share to a sealed vault (no token); prompts when no --share-file",
+            "modelseal vault unseal --vault https://127.0.0.1:8180 --ca ca.pem --share-file share-2.txt",
+        )
+    )
+    p.add_argument("--share-file", metavar="F", help="file holding one share (else a hidden prompt)")
+    p.set_defaults(func=cmd_unseal)
+
+
+def add_audit_commands(groups: Subcommands) -> None:
+    """audit verify: the hash chain in the database."""
+    audit = leaf(groups, "audit", "the audit trail", "modelseal vault audit verify --data ./vault")
+    audits = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
+    p = data_flags(
+        leaf(
+            audits,
+            "verify",
+            "check the audit hash chain in the database; names the first bad record",
+            "modelseal vault audit verify --data ./vault",
+        )
+    )
+    p.set_defaults(func=cmd_audit_verify)

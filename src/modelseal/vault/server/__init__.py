@@ -7,7 +7,8 @@ app            create_app: the FastAPI app, its token and role checks, and the r
                answered first by release_fastpath), attestation, leases, repository, export_api
 http_common    API prefix, roles of each route kind, the Allow check's type, the release body parser
 schema         every table (SQLAlchemy 2 ORM); engine: SQLite/PostgreSQL connections, migrations
-store          operations on keys, data keys and tokens, Principal, the audit append (audit_in)
+store          operations on keys, data keys and tokens, and the audit append (audit_in)
+callers        bearer tokens (stored as hashes) and the Principal a token stands for
 audit          the chain's canonical records and hashes, and its verification
 barrier        the root (barrier) key that encrypts every secret at rest; roots/ keyfile's
                alternatives: shamir (starts sealed), pkcs11 (a key in a token)

@@ -32,12 +32,13 @@ from . import (
 )
 from . import tokens as tokens_api
 from .admission import ReleaseGate, ReleaseSettings
+from .callers import Principal
 from .devices import DeviceStore
 from .http_common import (
     API_PREFIX,
 )
 from .release_fastpath import ReleaseFastPath, VaultApp
-from .store import Principal, Store
+from .store import Store
 from .tokens import TokenStore
 
 

@@ -41,6 +41,7 @@ from ...keyrelease.wire import DEFAULT_DOMAIN
 from ...service.http import NO_STORE, error_response, read_bounded
 from ..errors import KeyServiceError, Unavailable
 from .admission import ReleaseGate, ReleaseSettings
+from .callers import Principal
 from .devices import DeviceStore
 from .http_common import (
     WRITE_KEYS,
@@ -52,7 +53,7 @@ from .http_common import (
 from .release import LOCKOUT_FAILURES, LOCKOUT_WINDOW_SECONDS, Decision
 from .release_api import answer_release
 from .schema import AttestNonce, Device
-from .store import Principal, Store
+from .store import Store
 
 ENV_MAX_REPORT_AGE = "MODELSEAL_VAULT_ATTEST_MAX_AGE"
 NONCE_TTL_SECONDS = 60

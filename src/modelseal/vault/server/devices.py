@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from ...keyrelease import wire
 from ..errors import KeyServiceError, NotFound
+from .callers import Principal
 from .device_rows import (
     check_id,
     check_names,
@@ -30,7 +31,7 @@ from .device_rows import (
 )
 from .release import LOCKOUT_FAILURES, ReleaseDecider
 from .schema import AuthFailure, Device, Licence, LicenceDevice, Policy, now
-from .store import Principal, Store
+from .store import Store
 
 
 class DeviceStore:

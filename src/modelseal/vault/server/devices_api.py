@@ -9,9 +9,9 @@ from fastapi import Depends, FastAPI, Response
 from pydantic import BaseModel, Field
 
 from ...service.http import NO_STORE
+from .callers import Principal
 from .devices import DeviceStore
 from .http_common import API_PREFIX, READ_KEYS, WRITE_KEYS, Allow
-from .store import Principal
 
 
 class CreateDevice(BaseModel):

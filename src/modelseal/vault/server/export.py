@@ -46,7 +46,8 @@ from ..errors import KeyServiceError
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from .store import Principal, Store
+    from .callers import Principal
+    from .store import Store
 
 FORMAT = "modelseal-vault-key-export/1"
 INFO_LABEL = b"modelseal vault key export v1\x00"

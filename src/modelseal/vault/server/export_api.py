@@ -13,8 +13,9 @@ from fastapi import Depends, FastAPI, Response
 from pydantic import BaseModel, Field
 
 from ..errors import PermissionDenied
+from .callers import Principal
 from .export import EXPORT_ROLES, MAX_RECIPIENT_TEXT, export_key, parse_guard
-from .store import Principal, Store
+from .store import Store
 
 
 class ExportRequest(BaseModel):

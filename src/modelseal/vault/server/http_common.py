@@ -10,9 +10,9 @@ from typing import Any, Protocol
 
 from ...keyrelease import datakeys, wire
 from ...keyrelease.wire import DEFAULT_DOMAIN
+from .callers import Principal
 from .device_rows import ReleaseDenied
 from .release import ReleaseRequest
-from .store import Principal
 
 API_PREFIX = "/v1"
 

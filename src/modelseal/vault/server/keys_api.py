@@ -12,8 +12,9 @@ from pydantic import BaseModel, Field
 
 from ...service.http import NO_STORE
 from ..errors import KeyServiceError
+from .callers import Principal
 from .http_common import API_PREFIX, READ_KEYS, WRITE_KEYS, Allow
-from .store import Principal, Store
+from .store import Store
 
 
 class CreateKey(BaseModel):

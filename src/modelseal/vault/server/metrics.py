@@ -57,9 +57,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ...service.http import NO_STORE
 from ...service.logs import JsonLog, JsonLogHandler
 from ..errors import PermissionDenied
+from .callers import Principal
 from .http_common import API_PREFIX
 from .schema import AuditRecord
-from .store import Principal, Store
+from .store import Store
 
 METRICS_PATH = f"{API_PREFIX}/sys/metrics"
 # Where the app's token check leaves the authenticated caller for the request log line.

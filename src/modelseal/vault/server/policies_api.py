@@ -8,9 +8,9 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI
 from pydantic import BaseModel, Field
 
+from .callers import Principal
 from .devices import DeviceStore
 from .http_common import API_PREFIX, READ_KEYS, WRITE_KEYS, Allow
-from .store import Principal
 
 
 class PutPolicy(BaseModel):

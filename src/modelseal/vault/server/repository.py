@@ -41,13 +41,14 @@ from ...opening import read_header
 from ...service.http import NO_STORE, error_response
 from ..client import recipient
 from ..errors import KeyServiceError, NotFound, PermissionDenied, Unavailable
+from .callers import Principal
 from .device_auth import BadDeviceRequest, DeviceProof, DeviceRequests, Outcome, has_device_headers
 from .device_auth import parse_device_headers as parse_proof
 from .device_rows import ReleaseDenied, check_id
 from .devices import DeviceStore
 from .http_common import API_PREFIX
 from .schema import Base, Device, now
-from .store import Principal, Store
+from .store import Store
 
 DEFAULT_MAX_MODEL_SIZE = 64 << 30
 CHUNK_SIZE = 1 << 20

@@ -25,9 +25,10 @@ from ...keyrelease.wire import DEFAULT_DOMAIN
 from ...service.http import NO_STORE, error_response, read_bounded
 from ..errors import KeyServiceError
 from .barrier import Barrier, Unsealable
+from .callers import Principal
 from .http_common import API_PREFIX
 from .roots.shamir import MAX_SHARE_TEXT, UnsealRateLimited
-from .store import Principal, Store
+from .store import Store
 
 SYS_PREFIX = f"{API_PREFIX}/sys/"
 # Reachable while sealed: the sys endpoints and the API description, nothing holding data.

@@ -20,7 +20,6 @@ nonce index) stay as the backstop: a bug in the locking would fail a request, ne
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -45,13 +44,12 @@ from ..errors import KeyServiceError, NotFound, PermissionDenied
 from . import writer_lock
 from .audit import GENESIS_HASH, canonical, chain_hash
 from .barrier import Barrier
+from .callers import ROLES, Principal, new_token, token_hash
 from .hot_sql import HotStatement
 from .schema import AuditRecord, Domain, MasterKey, MasterKeyVersion, Token, now
 
-ROLES = ("admin", "operator", "auditor")
 KEY_TYPES = ("aes256-gcm",)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_TOKEN_PREFIX = "msv."  # noqa: S105 - a name, not a secret
 T = TypeVar("T")
 
 
@@ -81,24 +79,6 @@ def _insert_pending_audit(session: Session) -> None:
 
 
 # --- tokens -------------------------------------------------------------------------------------
-
-
-def new_token() -> str:
-    return _TOKEN_PREFIX + base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode()
-
-
-def token_hash(token: str) -> str:
-    # Tokens carry 256 random bits: a plain hash can't be brute-forced, and unlike an HMAC under the
-    # root it still authenticates callers while the barrier is sealed (they then get a clean 503).
-    return hashlib.sha256(b"modelseal vault token v1\x00" + token.encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class Principal:
-    accessor: str
-    role: str
-    domain: str
-    domain_id: int
 
 
 # --- audit --------------------------------------------------------------------------------------

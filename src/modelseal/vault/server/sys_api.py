@@ -11,8 +11,9 @@ from sqlalchemy import text
 
 from ...service.http import error_response
 from . import shares_api
+from .callers import Principal
 from .http_common import API_PREFIX, READ_AUDIT, Allow
-from .store import Principal, Store
+from .store import Store
 
 
 def add_routes(app: FastAPI, store: Store, caller: Callable[..., Principal], allow: Allow) -> None:

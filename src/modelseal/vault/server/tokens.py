@@ -26,9 +26,10 @@ from sqlalchemy.orm import Session
 
 from ...service.http import NO_STORE
 from ..errors import KeyServiceError, NotFound
+from .callers import Principal
 from .http_common import API_PREFIX
 from .schema import Token, TokenUsage, now
-from .store import Principal, Store
+from .store import Store
 
 ACCESSOR = re.compile(r"[0-9a-f]{16}")
 LIST_ROLES = ("admin", "auditor")
