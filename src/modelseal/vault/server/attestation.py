@@ -51,7 +51,7 @@ from .http_common import (
     release_name,
 )
 from .release import LOCKOUT_FAILURES, LOCKOUT_WINDOW_SECONDS, Decision
-from .release_api import answer_release
+from .release_api import release_endpoint
 from .schema import AttestNonce, Device
 from .store import Store
 
@@ -421,17 +421,9 @@ def add_routes(
             return error_response(503, "challenge_failed", "the vault could not issue a challenge")
         return _json({"nonce": base64.b64encode(nonce).decode(), "expires_in": NONCE_TTL_SECONDS})
 
-    async def release(request: Request) -> Response:
-        if store.barrier.sealed:
-            return error_response(503, "sealed", "the vault is sealed")
-        data = await read_bounded(request, MAX_ATTEST_BODY)
-        if data is None:
-            return error_response(413, "invalid_request", "the release request is too large")
-        try:
-            req = parse_attested_release(data)
-        except BadRelease as e:
-            return error_response(400, "invalid_request", f"invalid request field: {e}")
-        return await answer_release(gate, service.release_steps(req), req)
+    release = release_endpoint(
+        store, MAX_ATTEST_BODY, parse_attested_release, lambda req: (gate, service.release_steps(req))
+    )
 
     app.add_route("/v1/attest/challenge", challenge, methods=["POST"], include_in_schema=False)
     app.add_route("/v1/attest/release", gate.guard(release), methods=["POST"], include_in_schema=False)

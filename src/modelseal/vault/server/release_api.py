@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
+from typing import TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -24,6 +26,8 @@ from .http_common import API_PREFIX, DENIED_BODY, MAX_RELEASE_BODY, BadRelease, 
 from .release import ReleaseTarget
 from .release_fastpath import Endpoint, VaultApp
 from .store import Store
+
+T = TypeVar("T", bound=ReleaseTarget)
 
 
 async def answer_release(
@@ -52,21 +56,39 @@ async def answer_release(
     return Response(json.dumps(answer), 200, headers=NO_STORE, media_type="application/json")
 
 
-def add_routes(app: VaultApp, store: Store, devices: DeviceStore, gate: ReleaseGate) -> Endpoint:
-    """Register the release route; returns its guarded endpoint for the fast path."""
+def release_endpoint(
+    store: Store,
+    limit: int,
+    parse: Callable[[bytes], T],
+    route: Callable[[T], tuple[ReleaseGate, tuple[Decide, OnConflict]]],
+) -> Endpoint:
+    """A release route's endpoint, whichever proof its body carries (PSK request or attestation
+    report): sealed -> 503, over ``limit`` -> 413, unparsable -> 400 naming the field, else the
+    decision ``route`` gives for the parsed request, answered by :func:`answer_release`. No bearer
+    token: the proof in the body is the device's authentication."""
 
     async def release(request: Request) -> Response:
-        # No bearer token: the PSK proof in the body is the device's authentication.
         if store.barrier.sealed:
             return error_response(503, "sealed", "the vault is sealed")
-        data = await read_bounded(request, MAX_RELEASE_BODY)
+        data = await read_bounded(request, limit)
         if data is None:
             return error_response(413, "invalid_request", "the release request is too large")
         try:
-            req = parse_release(data)
+            req = parse(data)
         except BadRelease as e:
             return error_response(400, "invalid_request", f"invalid request field: {e}")
-        return await answer_release(gate, devices.releases.release_steps(req), req)
+        gate, steps = route(req)
+        return await answer_release(gate, steps, req)
+
+    return release
+
+
+def add_routes(app: VaultApp, store: Store, devices: DeviceStore, gate: ReleaseGate) -> Endpoint:
+    """Register the release route; returns its guarded endpoint for the fast path."""
+
+    release = release_endpoint(
+        store, MAX_RELEASE_BODY, parse_release, lambda req: (gate, devices.releases.release_steps(req))
+    )
 
     # In the route table too: its 405 for other methods, and POSTs while sealed reach the sealed
     # guard through the app's middleware. Unsealed POSTs take the fast path (set at the end).
