@@ -3,6 +3,7 @@ killed writer without O_TMPFILE left is swept by the next writer, never anything
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -128,3 +129,38 @@ def test_sweeping_spares_live_writers_and_young_files(tmp_path: Path) -> None:
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_a_full_disk_is_one_error_and_leaves_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """unseal and seal onto a filled filesystem: exit 7 with one line, no partial output, no temp."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    import modelseal
+    from modelseal.cli.main import main
+
+    plain = tmp_path / "model.bin"
+    plain.write_bytes(os.urandom(1 << 20))
+    mek = tmp_path / "MEK.dat"
+    modelseal.write_mek(modelseal.keygen(), mek)
+    sealed = tmp_path / "model.mseal"
+    modelseal.seal(plain, sealed, mek=modelseal.load_mek(mek))
+    full = tmp_path / "full"
+    full.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(full)], check=True)
+    try:
+        with open(full / "filler", "wb", buffering=0) as f, contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 4096)
+        capsys.readouterr()
+        for argv in (
+            ["unseal", str(sealed), "-o", str(full / "out.bin"), "-i", str(mek), "-q"],
+            ["seal", str(plain), "-o", str(full / "out.mseal"), "--mek", str(mek), "-q"],
+        ):
+            assert main(argv) == 7
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and "No space left on device" in err
+            assert sorted(os.listdir(full)) == ["filler"]
+    finally:
+        subprocess.run(["umount", "-l", str(full)], check=True)
