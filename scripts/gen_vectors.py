@@ -36,7 +36,6 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 import modelseal
-from modelseal.envelope import VERSION, assemble
 from modelseal.format import manifest
 from modelseal.format.header import (
     DIGEST_SIZE,
@@ -50,6 +49,7 @@ from modelseal.format.header import (
 )
 from modelseal.format.keys import FileKeys, derive_file_keys
 from modelseal.format.stream import PayloadCipher, chunk_nonce
+from modelseal.header_auth import VERSION, assemble
 from modelseal.keyfiles import ed25519_public_string
 from modelseal.recipients import MEK, Passphrase, X25519Recipient
 from modelseal.recipients.passphrase import MAX_LOG_N

@@ -25,11 +25,11 @@ ALLOWED: dict[str, set[str]] = {
     "recipients": {"core", "format"},
     "runtimes": {"core", "format"},
     "cfs": {"core"},
-    "keyrelease": {"vault"},
+    "keyrelease": {"core", "recipients", "vault"},
     "service": set(),
     "vault": {"core"},
     "vault.client": {"core", "format", "keyrelease", "vault", "device"},
-    "vault.server": {"core", "recipients", "keyrelease", "service", "vault", "vault.client", "device"},
+    "vault.server": {"core", "recipients", "keyrelease", "service", "vault", "vault.client"},
     "agent": {"core", "service", "vault"},
     "device": {"core", "format", "recipients", "runtimes", "keyrelease"},
     "cli": {
@@ -50,6 +50,13 @@ ONLY_THROUGH = {
 # Modules allowed past the limit, with the size they may not pass (none now; keep it that way).
 OVERSIZE: dict[str, int] = {}
 LINE_LIMIT = 500
+FUNCTION_LIMIT = 85
+# Functions that are tables (argparse wiring: one block per subcommand, nothing to extract).
+TABLES = {
+    "modelseal/cli/device.py:add_commands",
+    "modelseal/cli/sealing.py:add_commands",
+    "modelseal/cli/vault_server.py:add_server_commands",
+}
 
 
 def modules() -> dict[str, Path]:
@@ -181,3 +188,17 @@ def test_no_module_grows_past_the_line_limit() -> None:
         if lines > OVERSIZE.get(name, LINE_LIMIT):
             too_long[name] = lines
     assert not too_long, f"modules over {LINE_LIMIT} lines (or past their recorded size): {too_long}"
+
+
+def test_no_function_grows_past_the_limit() -> None:
+    too_long = {}
+    for path in ROOT.rglob("*.py"):
+        if path.name.endswith("_pb2.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                name = f"{path.relative_to(SRC).as_posix()}:{node.name}"
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > FUNCTION_LIMIT and name not in TABLES:
+                    too_long[name] = lines
+    assert not too_long, f"functions over {FUNCTION_LIMIT} lines: {too_long}"

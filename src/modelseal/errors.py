@@ -101,6 +101,16 @@ class MemoryLimitError(ModelSealError):
     exit_code = 10
 
 
+class DeviceError(ModelSealError):
+    """A card could not be reached, or refused a request (its one-line reason is in the message)."""
+
+    exit_code = 11
+
+
+class AttestationError(DeviceError):
+    """An attestation report is forged, from another device or request, stale, or measures other code."""
+
+
 class LeaseLostError(ModelSealError):
     """The key service withdrew an open model's lease (device revoked, licence ended, vault gone).
 

@@ -16,20 +16,20 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from .envelope import Unlocked, unlock
 from .errors import FormatError, IntegrityError, LeaseLostError, SignatureError, UsageError
 from .fileio import readinto_full
 from .format import manifest
 from .format.header import PREAMBLE_SIZE, Header, parse_header, parse_preamble
 from .format.manifest import Manifest, ManifestEntry
 from .format.stream import PayloadCipher
+from .header_auth import Unlocked, unlock
+from .header_rewrite import recover_in_place
 from .memlimits import check_room
 from .memlock import LockPolicy
 from .memory import PlainBuffer, PlainSink
 from .payload import decrypt_stream, hash_stream, staging_bytes
 from .progress import Progress, no_progress
 from .recipients import Identity
-from .rewriting import recover_in_place
 from .signing import check_signature
 
 Identities = Identity | Sequence[Identity]

@@ -8,16 +8,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .envelope import assemble, unlock
 from .errors import UsageError
 from .format.header import DEFAULT_HEADER_ROOM, Stanza, header_length_for
+from .header_auth import assemble, unlock
+from .header_rewrite import write_in_place, write_new_file
 from .inspection import stanza_label
 from .keyfiles import X25519_PREFIX, parse_recipient, x25519_recipient_string
 from .opening import Identities, open_sealed_file, read_header
 from .progress import Progress, no_progress
 from .recipients import MEK, Recipient, X25519Recipient
 from .recipients.x25519 import slot_of
-from .rewriting import write_in_place, write_new_file
 
 
 @dataclass(frozen=True)

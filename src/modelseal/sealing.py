@@ -14,7 +14,6 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from . import sources
-from .envelope import VERSION, assemble
 from .errors import UsageError
 from .fileio import atomic_output
 from .format import manifest
@@ -31,6 +30,7 @@ from .format.header import (
 )
 from .format.keys import derive_file_keys
 from .format.stream import PayloadCipher
+from .header_auth import VERSION, assemble
 from .payload import encrypt_stream
 from .progress import Progress, no_progress
 from .recipients import MEK, Passphrase, Recipient

@@ -24,11 +24,12 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from .envelope import VERSION
 from .errors import HeaderRoomError, KeyFileError, UsageError
 from .fileio import atomic_write_bytes
 from .format.header import MAC_SIZE, MAX_STANZA_BODY, Header, Stanza
 from .format.keys import FILE_KEY_SIZES, authenticate_stanza
+from .header_auth import VERSION
+from .header_rewrite import write_new_file
 from .keyfiles import x25519_recipient_string
 from .opening import open_sealed_file, read_header
 from .progress import Progress, no_progress
@@ -36,7 +37,6 @@ from .recipients import MEK, X25519Recipient
 from .recipients.mek import STANZA_TYPE as MEK_TYPE
 from .recipients.x25519 import ENC_SIZE, MAX_SLOT, check_slot, fingerprint, public_bytes, slot_of
 from .recipients.x25519 import STANZA_TYPE as X25519_TYPE
-from .rewriting import write_new_file
 
 CONFIG_FORMAT = "modelseal-wrapped-mek/1"
 

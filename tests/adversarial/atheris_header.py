@@ -15,8 +15,8 @@ import sys
 import atheris
 
 with atheris.instrument_imports(include=["modelseal"]):
-    import modelseal.envelope
     import modelseal.format.header
+    import modelseal.header_auth
     import modelseal.opening
     import modelseal.recipients  # noqa: F401
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 import modelseal
-from modelseal.envelope import assemble
 from modelseal.format.header import (
     MAC_SIZE,
     PREAMBLE_SIZE,
@@ -28,6 +27,7 @@ from modelseal.format.header import (
     encode_preamble,
     parse_header,
 )
+from modelseal.header_auth import assemble
 
 CHUNK = 4096
 PAYLOAD_SIZE = 3 * CHUNK + 100  # three chunks, the last one short

@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 import modelseal
 from modelseal import opening
-from modelseal.envelope import unlock
 from modelseal.format.header import MAGIC, PREAMBLE, VERSION, Header
+from modelseal.header_auth import unlock
 
 # What a hostile header may make a reader raise (UnsupportedVersionError is a FormatError).
 EXPECTED = (modelseal.FormatError, modelseal.IntegrityError, modelseal.NoMatchingIdentityError)

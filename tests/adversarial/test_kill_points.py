@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 import modelseal
-from modelseal.rewriting import journal_path
+from modelseal.header_rewrite import journal_path
 
 MIB = 1 << 20
 

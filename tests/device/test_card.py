@@ -110,7 +110,7 @@ def test_client_code_cannot_decrypt() -> None:
             imported.update(a.name for a in node.names)
         elif isinstance(node, ast.Import):
             imported.update(a.name for a in node.names)
-    forbidden = {"..opening", "..envelope", "..payload", "..recipients", "..runtimes", "cryptography"}
+    forbidden = {"..opening", "..header_auth", "..payload", "..recipients", "..runtimes", "cryptography"}
     forbidden |= {"open", "open_into", "unlock", "X25519Identity", "MEK", "load_identity", "load_session"}
     assert not imported & forbidden, imported & forbidden
     assert "modelseal.open" not in inspect.getsource(client_module)
@@ -162,14 +162,14 @@ def _random_file(path: Path) -> Path:
 HOST_SCRIPT = """
 import sys
 import numpy as np
-import modelseal.envelope, modelseal.opening, modelseal.recipients.x25519
+import modelseal.header_auth, modelseal.opening, modelseal.recipients.x25519
 from modelseal.format.stream import PayloadCipher
 
 def trap(*args, **kwargs):
     raise SystemExit("the host tried to unwrap or decrypt")
 
 # Every way into a file key or plaintext fails in this (host) process from here on.
-modelseal.envelope.unlock = modelseal.opening.unlock = trap
+modelseal.header_auth.unlock = modelseal.opening.unlock = trap
 modelseal.opening.open_into = modelseal.opening.open = trap
 PayloadCipher.decrypt_into = trap
 modelseal.recipients.x25519.X25519Identity.unwrap = trap

@@ -21,10 +21,9 @@ from softhsm import PIN, SoftToken, soft_token
 
 import modelseal
 from modelseal import device
-from modelseal.device.errors import AttestationError
 from modelseal.device.pkcs11_identity import TokenIdentityKey
-from modelseal.device.report import Report
-from modelseal.errors import KeyFileError
+from modelseal.errors import AttestationError, KeyFileError
+from modelseal.keyrelease.report import Report
 from modelseal.pkcs11util import TokenError, load_module
 
 from .helpers import READY, cli, stop, wait_ready

@@ -114,13 +114,13 @@ HOST_SCRIPT = """
 import json, sys
 import httpx
 import numpy as np
-import modelseal.envelope, modelseal.opening, modelseal.recipients.x25519
+import modelseal.header_auth, modelseal.opening, modelseal.recipients.x25519
 from modelseal.format.stream import PayloadCipher
 
 def trap(*args, **kwargs):
     raise SystemExit("the host tried to unwrap or decrypt")
 
-modelseal.envelope.unlock = modelseal.opening.unlock = trap
+modelseal.header_auth.unlock = modelseal.opening.unlock = trap
 modelseal.opening.open_into = modelseal.opening.open = trap
 PayloadCipher.decrypt_into = trap
 modelseal.recipients.x25519.X25519Identity.unwrap = trap

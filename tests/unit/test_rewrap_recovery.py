@@ -11,18 +11,18 @@ from pathlib import Path
 import pytest
 
 import modelseal
-from modelseal.rewriting import journal_path
+from modelseal.header_rewrite import journal_path
 
 # Rewraps in place, but dies (SIGKILL) after writing half of the new header over the old one.
 TORN = textwrap.dedent(
     """
     import os, signal, sys
     import modelseal
-    from modelseal import rewriting
+    from modelseal import header_rewrite
     def torn(target, fd, region):
         os.pwrite(fd, region[: len(region) // 2], 0)
         os.kill(os.getpid(), signal.SIGKILL)
-    rewriting._write_header = torn
+    header_rewrite._write_header = torn
     recipient = modelseal.load_recipient(sys.argv[3])
     modelseal.rewrap(sys.argv[1], modelseal.load_mek(sys.argv[2]), add=[recipient], in_place=True)
     """

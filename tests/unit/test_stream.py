@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 import modelseal
-from modelseal.envelope import unlock
 from modelseal.format.header import TAG_SIZE, parse_header
 from modelseal.format.stream import PayloadCipher, chunk_nonce
+from modelseal.header_auth import unlock
 
 CHUNK = 4096
 

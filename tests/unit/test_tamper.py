@@ -189,8 +189,8 @@ def test_signed_digest_that_does_not_match_the_payload_releases_nothing(
     """Even a MEK holder with a valid signature over a core cannot pass off another payload."""
     import dataclasses
 
-    from modelseal.envelope import assemble
     from modelseal.format.header import parse_header
+    from modelseal.header_auth import assemble
     from modelseal.signing import sign_core
 
     src = tmp_path / "m.bin"

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 import modelseal
-from modelseal.envelope import assemble
 from modelseal.format import manifest
 from modelseal.format.header import parse_header
 from modelseal.format.keys import derive_file_keys
+from modelseal.header_auth import assemble
 
 
 def _with_manifest(sealed: Path, mek: bytes, rows: list[list[object]], out: Path) -> None:

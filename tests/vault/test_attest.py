@@ -2,7 +2,7 @@
 every refusal (one body for all), lockout, the audit trail, and the migration that adds it.
 
 The "card" here is a test double that holds an identity key and an X25519 session key and signs
-real `modelseal.device.report.Report`s, so each refusal can be made precisely (a stale timestamp,
+real `modelseal.keyrelease.report.Report`s, so each refusal can be made precisely (a stale timestamp,
 another measurement, another key). tests/device/test_vault_release.py runs the real card process.
 """
 
@@ -31,9 +31,9 @@ from sqlalchemy import text
 import modelseal
 from modelseal.cli.main import main
 from modelseal.device import attestation_pb2 as pb
-from modelseal.device.report import Report, request_digest
 from modelseal.device.server import DeviceService
 from modelseal.keyrelease import wire
+from modelseal.keyrelease.report import Report, request_digest
 from modelseal.vault.errors import PermissionDenied
 from modelseal.vault.server.audit import verify_audit
 from modelseal.vault.server.engine import make_engine, sqlite_url

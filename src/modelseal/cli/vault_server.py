@@ -242,7 +242,7 @@ def add_server_commands(groups: Subcommands) -> None:
         action="store_true",
         help="commit each key release in its own transaction (slower; for comparison)",
     )
-    # Service features (issue 4): export, metrics, client certificates.
+    # Service features: export, metrics, client certificates.
     p.add_argument(
         "--allow-export",
         action="store_true",

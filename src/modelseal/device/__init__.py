@@ -14,7 +14,7 @@ gets it HPKE-sealed to its session key, as a ``SealedRelease`` alongside the mod
 
 from __future__ import annotations
 
-from ..errors import RuntimeUnavailableError
+from ..errors import AttestationError, DeviceError, RuntimeUnavailableError
 
 try:
     import google.protobuf  # noqa: F401
@@ -22,10 +22,9 @@ try:
 except ImportError:  # pragma: no cover - exercised only without the extra
     raise RuntimeUnavailableError("grpcio/protobuf", "device") from None
 
+from ..keyrelease.report import DEFAULT_MAX_AGE, Report, SessionKey, verify_report
 from .client import DeviceClient, LoadedModel, SealedRelease, TensorSpec, attest
-from .errors import AttestationError, DeviceError
 from .measurement import parse_measurement, software_measurement
-from .report import DEFAULT_MAX_AGE, Report, SessionKey, verify_report
 from .server import DEFAULT_PORT, NOT_THIS_SESSION, DeviceServer, DeviceService, serve
 
 __all__ = [

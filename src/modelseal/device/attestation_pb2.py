@@ -22,37 +22,36 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from modelseal.keyrelease import report_pb2 as modelseal_dot_keyrelease_dot_report__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"modelseal/device/attestation.proto\x12\x13modelseal.device.v1\"8\n\x12\x41ttestationRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\r\x12\x0f\n\x07request\x18\x02 \x01(\x0c\"\xbf\x01\n\x11\x41ttestationReport\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x11\n\tdevice_id\x18\x02 \x01(\r\x12\x1a\n\x12session_public_key\x18\x03 \x01(\x0c\x12\x16\n\x0erequest_digest\x18\x04 \x01(\x0c\x12\x13\n\x0bmeasurement\x18\x05 \x01(\x0c\x12\x17\n\x0fsession_counter\x18\x06 \x01(\x04\x12\x11\n\ttimestamp\x18\x07 \x01(\x04\x12\x11\n\tsignature\x18\x08 \x01(\x0c\"a\n\nModelChunk\x12\x11\n\tdevice_id\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x32\n\x07release\x18\x03 \x01(\x0b\x32!.modelseal.device.v1.VaultRelease\"t\n\x0cVaultRelease\x12\x0e\n\x06sealed\x18\x01 \x01(\x0c\x12\x0e\n\x06\x64omain\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x10\n\x08key_name\x18\x04 \x01(\t\x12\x13\n\x0bkey_version\x18\x05 \x01(\r\x12\r\n\x05nonce\x18\x06 \x01(\x0c\"\x9f\x01\n\x11LoadModelResponse\x12\x0e\n\x06handle\x18\x01 \x01(\t\x12\x17\n\x0fsession_counter\x18\x02 \x01(\x04\x12/\n\x06inputs\x18\x03 \x03(\x0b\x32\x1f.modelseal.device.v1.TensorInfo\x12\x30\n\x07outputs\x18\x04 \x03(\x0b\x32\x1f.modelseal.device.v1.TensorInfo\"7\n\nTensorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\t\"B\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\\\n\nRunRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\r\x12\x0e\n\x06handle\x18\x02 \x01(\t\x12+\n\x06inputs\x18\x03 \x03(\x0b\x32\x1b.modelseal.device.v1.Tensor\";\n\x0bRunResponse\x12,\n\x07outputs\x18\x01 \x03(\x0b\x32\x1b.modelseal.device.v1.Tensor\"!\n\x0cResetRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\r\"(\n\rResetResponse\x12\x17\n\x0fsession_counter\x18\x01 \x01(\x04\x32\xe3\x02\n\x06\x44\x65vice\x12g\n\x14GetAttestationReport\x12\'.modelseal.device.v1.AttestationRequest\x1a&.modelseal.device.v1.AttestationReport\x12V\n\tLoadModel\x12\x1f.modelseal.device.v1.ModelChunk\x1a&.modelseal.device.v1.LoadModelResponse(\x01\x12H\n\x03Run\x12\x1f.modelseal.device.v1.RunRequest\x1a .modelseal.device.v1.RunResponse\x12N\n\x05Reset\x12!.modelseal.device.v1.ResetRequest\x1a\".modelseal.device.v1.ResetResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"modelseal/device/attestation.proto\x12\x13modelseal.device.v1\x1a!modelseal/keyrelease/report.proto\"8\n\x12\x41ttestationRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\r\x12\x0f\n\x07request\x18\x02 \x01(\x0c\"a\n\nModelChunk\x12\x11\n\tdevice_id\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x32\n\x07release\x18\x03 \x01(\x0b\x32!.modelseal.device.v1.VaultRelease\"t\n\x0cVaultRelease\x12\x0e\n\x06sealed\x18\x01 \x01(\x0c\x12\x0e\n\x06\x64omain\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x10\n\x08key_name\x18\x04 \x01(\t\x12\x13\n\x0bkey_version\x18\x05 \x01(\r\x12\r\n\x05nonce\x18\x06 \x01(\x0c\"\x9f\x01\n\x11LoadModelResponse\x12\x0e\n\x06handle\x18\x01 \x01(\t\x12\x17\n\x0fsession_counter\x18\x02 \x01(\x04\x12/\n\x06inputs\x18\x03 \x03(\x0b\x32\x1f.modelseal.device.v1.TensorInfo\x12\x30\n\x07outputs\x18\x04 \x03(\x0b\x32\x1f.modelseal.device.v1.TensorInfo\"7\n\nTensorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\t\"B\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\\\n\nRunRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\r\x12\x0e\n\x06handle\x18\x02 \x01(\t\x12+\n\x06inputs\x18\x03 \x03(\x0b\x32\x1b.modelseal.device.v1.Tensor\";\n\x0bRunResponse\x12,\n\x07outputs\x18\x01 \x03(\x0b\x32\x1b.modelseal.device.v1.Tensor\"!\n\x0cResetRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\r\"(\n\rResetResponse\x12\x17\n\x0fsession_counter\x18\x01 \x01(\x04\x32\xe7\x02\n\x06\x44\x65vice\x12k\n\x14GetAttestationReport\x12\'.modelseal.device.v1.AttestationRequest\x1a*.modelseal.keyrelease.v1.AttestationReport\x12V\n\tLoadModel\x12\x1f.modelseal.device.v1.ModelChunk\x1a&.modelseal.device.v1.LoadModelResponse(\x01\x12H\n\x03Run\x12\x1f.modelseal.device.v1.RunRequest\x1a .modelseal.device.v1.RunResponse\x12N\n\x05Reset\x12!.modelseal.device.v1.ResetRequest\x1a\".modelseal.device.v1.ResetResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'modelseal.device.attestation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ATTESTATIONREQUEST']._serialized_start=59
-  _globals['_ATTESTATIONREQUEST']._serialized_end=115
-  _globals['_ATTESTATIONREPORT']._serialized_start=118
-  _globals['_ATTESTATIONREPORT']._serialized_end=309
-  _globals['_MODELCHUNK']._serialized_start=311
-  _globals['_MODELCHUNK']._serialized_end=408
-  _globals['_VAULTRELEASE']._serialized_start=410
-  _globals['_VAULTRELEASE']._serialized_end=526
-  _globals['_LOADMODELRESPONSE']._serialized_start=529
-  _globals['_LOADMODELRESPONSE']._serialized_end=688
-  _globals['_TENSORINFO']._serialized_start=690
-  _globals['_TENSORINFO']._serialized_end=745
-  _globals['_TENSOR']._serialized_start=747
-  _globals['_TENSOR']._serialized_end=813
-  _globals['_RUNREQUEST']._serialized_start=815
-  _globals['_RUNREQUEST']._serialized_end=907
-  _globals['_RUNRESPONSE']._serialized_start=909
-  _globals['_RUNRESPONSE']._serialized_end=968
-  _globals['_RESETREQUEST']._serialized_start=970
-  _globals['_RESETREQUEST']._serialized_end=1003
-  _globals['_RESETRESPONSE']._serialized_start=1005
-  _globals['_RESETRESPONSE']._serialized_end=1045
-  _globals['_DEVICE']._serialized_start=1048
-  _globals['_DEVICE']._serialized_end=1403
+  _globals['_ATTESTATIONREQUEST']._serialized_start=94
+  _globals['_ATTESTATIONREQUEST']._serialized_end=150
+  _globals['_MODELCHUNK']._serialized_start=152
+  _globals['_MODELCHUNK']._serialized_end=249
+  _globals['_VAULTRELEASE']._serialized_start=251
+  _globals['_VAULTRELEASE']._serialized_end=367
+  _globals['_LOADMODELRESPONSE']._serialized_start=370
+  _globals['_LOADMODELRESPONSE']._serialized_end=529
+  _globals['_TENSORINFO']._serialized_start=531
+  _globals['_TENSORINFO']._serialized_end=586
+  _globals['_TENSOR']._serialized_start=588
+  _globals['_TENSOR']._serialized_end=654
+  _globals['_RUNREQUEST']._serialized_start=656
+  _globals['_RUNREQUEST']._serialized_end=748
+  _globals['_RUNRESPONSE']._serialized_start=750
+  _globals['_RUNRESPONSE']._serialized_end=809
+  _globals['_RESETREQUEST']._serialized_start=811
+  _globals['_RESETREQUEST']._serialized_end=844
+  _globals['_RESETRESPONSE']._serialized_start=846
+  _globals['_RESETRESPONSE']._serialized_end=886
+  _globals['_DEVICE']._serialized_start=889
+  _globals['_DEVICE']._serialized_end=1248
 # @@protoc_insertion_point(module_scope)

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from ..errors import IntegrityError, ModelSealError, NoMatchingIdentityError, UsageError
+from ..errors import DeviceError, IntegrityError, ModelSealError, NoMatchingIdentityError, UsageError
+from ..keyrelease import report_pb2 as report_pb
 from . import attestation_pb2 as pb
 from . import tensors
-from .errors import DeviceError
 from .server import DEFAULT_PORT, MAX_MESSAGE, SERVICE
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ class DeviceClient:
         """The card's signed report over ``request``, as bytes (what report.dat holds)."""
         message = pb.AttestationRequest(device_id=self.device_id, request=request)
         report = self._call(
-            "unary_unary", "GetAttestationReport", pb.AttestationRequest, pb.AttestationReport, message
+            "unary_unary", "GetAttestationReport", pb.AttestationRequest, report_pb.AttestationReport, message
         )
         data: bytes = report.SerializeToString()
         return data

@@ -32,16 +32,23 @@ from typing import Any, NoReturn
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ..errors import FormatError, IntegrityError, ModelSealError, NoMatchingIdentityError, UsageError
+from ..errors import (
+    DeviceError,
+    FormatError,
+    IntegrityError,
+    ModelSealError,
+    NoMatchingIdentityError,
+    UsageError,
+)
 from ..format.header import Stanza
+from ..keyrelease import report_pb2 as report_pb
 from ..keyrelease import wire
+from ..keyrelease.report import IdentityKey, Report, request_digest
 from ..recipients import X25519Identity
 from ..recipients.x25519 import public_bytes
 from . import attestation_pb2 as pb
 from . import tensors
-from .errors import DeviceError
 from .measurement import software_measurement
-from .report import IdentityKey, Report, request_digest
 
 DEFAULT_PORT = 62473
 SERVICE = pb.DESCRIPTOR.services_by_name["Device"].full_name
@@ -165,7 +172,7 @@ class DeviceService:
                 grpc.StatusCode.NOT_FOUND, f"no device {device_id} here (this is device {self.device_id})"
             )
 
-    def attestation_report(self, request: pb.AttestationRequest) -> pb.AttestationReport:
+    def attestation_report(self, request: pb.AttestationRequest) -> report_pb.AttestationReport:
         self._check_device(request.device_id)
         if len(request.request) > MAX_REQUEST:
             raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"attestation request over {MAX_REQUEST} bytes")
@@ -329,7 +336,7 @@ def generic_handler(service: DeviceService) -> Any:
         SERVICE,
         {
             "GetAttestationReport": unary(
-                service.attestation_report, pb.AttestationRequest, pb.AttestationReport
+                service.attestation_report, pb.AttestationRequest, report_pb.AttestationReport
             ),
             "LoadModel": grpc.stream_unary_rpc_method_handler(
                 _guard(service, service.load),

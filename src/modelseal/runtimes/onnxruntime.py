@@ -83,9 +83,7 @@ def load_session(
     in_place_ok = options is None and _pybytes.supported()
 
     def allocate(contents: Manifest, size: int) -> PlainSink:
-        # ORT format (.ort) only where there is no .onnx: ORT's converter writes one beside the other.
-        has_onnx = any(e.name.lower().endswith(".onnx") for e in contents.entries)
-        name = pick(contents.entries, (".onnx",) if has_onnx else (".ort",), model, "ONNX model")
+        name = _choose(contents, model)
         chosen.append(name)
         entry = next(e for e in contents.entries if e.name == name)
         whole = len(contents.entries) == 1 and entry.offset == 0 and entry.size == size > 0
@@ -124,46 +122,16 @@ def load_session(
             model_source = bytes(sealed.read(name))  # no in-place fill here: an unzeroizable copy
         if name.lower().endswith(".ort"):
             # ORT tells the formats apart by the path's extension, and /proc/self/fd/N has none.
-            if options is None:
-                options = ort.SessionOptions()
+            options = options or ort.SessionOptions()
             options.add_session_config_entry("session.load_model_format", "ORT")
-        folder = posixpath.dirname(name)
-        external = [
-            (rel, e)
-            for e in sealed.entries()
-            if e.name != name and (rel := relative_to_folder(e.name, folder))
-        ]
-        if external:
-            if options is None:
-                options = ort.SessionOptions()
-            if not hasattr(options, "add_external_initializers_from_files_in_memory"):
-                raise UsageError(
-                    "this onnxruntime cannot take external data from memory: upgrade onnxruntime"
-                )
-            # Measured (ORT 1.31, CPU): the session copies these initializers while it is built,
-            # so the buffers may be zeroized right after; tests/runtimes check the outputs after that.
-            options.add_external_initializers_from_files_in_memory(
-                [rel for rel, _ in external],
-                [sealed.read(e.name) for _, e in external],
-                [e.size for _, e in external],
-            )
+        options = _add_external_data(ort, sealed, name, options)
         session = ort.InferenceSession(model_source, sess_options=options, **session_kwargs)
         del model_source
         # ORT copied the in-place initializers into the session ("the user provided buffers can then
         # be deallocated", AddExternalInitializers' documentation): our views may go.
         in_place.clear()
-        # The session keeps the model bytes only to rebuild itself on a provider fallback; they are
-        # about to be zeroized, so a rebuild must never happen.
-        session.disable_fallback()
-        session._model_bytes = None
-        session._model_path = None
-        session.set_providers = _cannot_rebuild
-        if ours:
-            # Our options still point at the plaintext (ORT clears only the session's own copy, which
-            # get_session_options returns): dropped with the last reference, here, so nothing can
-            # build another session from them once the plaintext is freed.
-            session._sess_options_initial = None
-            options = None
+        _forget_plaintext(session, ours)
+        options = None
         if direct:
             direct[0].close_fd()  # ORT has read and closed it: from now on nobody can open it
         _close_in_background(sealed)
@@ -225,6 +193,49 @@ class _Split:
     pieces: list[memoryview | bytes]  # the rewritten model, in order: windows of the plaintext + framing
     size: int
     tensors: list[_Tensor]
+
+
+def _choose(contents: Manifest, model: str | None) -> str:
+    # ORT format (.ort) only where there is no .onnx: ORT's converter writes one beside the other.
+    has_onnx = any(e.name.lower().endswith(".onnx") for e in contents.entries)
+    return pick(contents.entries, (".onnx",) if has_onnx else (".ort",), model, "ONNX model")
+
+
+def _add_external_data(ort: Any, sealed: Any, name: str, options: Any) -> Any:
+    """Hand the files beside ``name`` (its external data) to ORT from memory; returns the options."""
+    folder = posixpath.dirname(name)
+    external = [
+        (rel, e) for e in sealed.entries() if e.name != name and (rel := relative_to_folder(e.name, folder))
+    ]
+    if not external:
+        return options
+    if options is None:
+        options = ort.SessionOptions()
+    if not hasattr(options, "add_external_initializers_from_files_in_memory"):
+        raise UsageError("this onnxruntime cannot take external data from memory: upgrade onnxruntime")
+    # Measured (ORT 1.31, CPU): the session copies these initializers while it is built,
+    # so the buffers may be zeroized right after; tests/runtimes check the outputs after that.
+    options.add_external_initializers_from_files_in_memory(
+        [rel for rel, _ in external],
+        [sealed.read(e.name) for _, e in external],
+        [e.size for _, e in external],
+    )
+    return options
+
+
+def _forget_plaintext(session: Any, ours: bool) -> None:
+    """Drop every reference the session keeps to the model's plaintext, which is about to be zeroized."""
+    # The session keeps the model bytes only to rebuild itself on a provider fallback: a rebuild
+    # must never happen.
+    session.disable_fallback()
+    session._model_bytes = None
+    session._model_path = None
+    session.set_providers = _cannot_rebuild
+    if ours:
+        # Our options still point at the plaintext (ORT clears only the session's own copy, which
+        # get_session_options returns): dropped with the last reference, here and in the caller, so
+        # nothing can build another session from them once the plaintext is freed.
+        session._sess_options_initial = None
 
 
 def _graph_bytes(

@@ -2,34 +2,37 @@
 reaches it through the names below; everything else here is internal to the server.
 
 datadir        a vault's data folder: init (root, database, TLS, admin token) and serve (uvicorn)
-app            create_app: the FastAPI app, its token and role checks, and the routes of
-               sys_api, keys_api, tokens, devices_api, policies_api, release_api (POST /v1/release,
-               answered first by release_fastpath), attestation, leases, repository, export_api
-http_common    API prefix, roles of each route kind, the Allow check's type, the release body parser
+app            create_app: the FastAPI app and its token and role checks; it only includes the
+               routes, one module per resource, each named <resource>_api: sys_api (health,
+               readiness, seal, unseal, audit), keys_api, tokens_api, devices_api, policies_api,
+               release_api (POST /v1/release, answered first by release_fastpath), attest_api,
+               leases_api, models_api, export_api, shares_api
+http_common    API prefix, roles of each route kind, the one refusal body, the release body parser
 schema         every table (SQLAlchemy 2 ORM); engine: SQLite/PostgreSQL connections, migrations
 store          operations on keys, data keys and tokens, and the audit append (audit_in)
 callers        bearer tokens (stored as hashes) and the Principal a token stands for
 audit          the chain's canonical records and hashes, and its verification
 barrier        the root (barrier) key that encrypts every secret at rest; roots/ keyfile's
                alternatives: shamir (starts sealed), pkcs11 (a key in a token)
-devices        devices, PSKs, policies and licences (the admin routes); device_rows: name rules,
+devices        devices, PSKs, policies and licences (admin operations); device_rows: name rules,
                barrier rows of PSKs and identities, the one ReleaseDenied
 release        ReleaseDecider: lockout, replay index, policy, licence counters, audit and the
                HPKE seal of one release; release_sql: its prepared statements
 device_auth    a device's PSK proof on requests other than the release (leases, model downloads)
-attestation    attestation-based release to accelerator cards (reports from modelseal.device)
+attestation    attestation-based release to accelerator cards (reports: keyrelease.report)
 group_commit   one writer commits a batch of releases, each with its audit record, per fsync
 admission      the release gate: in-flight limit, 429/503 with Retry-After
 hot_sql        the release path's SQL compiled once and run on the driver connection
 repository     the model repository (sealed files devices download)
 leases         lease checks of open models (revocation reaches running devices)
-tokens         token list/revoke; export, export_api: guarded key export
-shares_api     Shamir unseal over HTTP; metrics: Prometheus text and the JSON request log
+tokens         token create/list/revoke; export: guarded key export
+metrics        Prometheus text and the JSON request log
 tls, nginx     certificates of init; the nginx gateway of the tests and the demo
 writer_lock    one writing process per SQLite database; migrations/: Alembic
 
-May import: the core, keyrelease, service, vault.errors, vault.client (the stanza format) and
-modelseal.device's report parser. Nothing outside the vault imports the server but the CLI.
+May import: the core, keyrelease, service, vault.errors, and vault.client (the stanza format);
+never modelseal.device (the card) or the agent. Nothing outside the vault imports the server but
+the CLI.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ Default deny: every route but health and readiness needs `Authorization: Bearer 
 checks the caller's role in its domain. While the barrier is sealed every such route answers 503.
 Errors are `{"error": {"code": ..., "message": ...}}` and never echo request bodies (they may hold
 wrapped keys). create_app builds the app, its token check (``caller``) and role check (``allow``),
-and includes one module per resource: sys_api (health, readiness, seal, unseal, audit), keys_api,
-tokens, devices_api, policies_api, release_api (the hot path, a plain Starlette route),
-attestation, leases, repository (models), export_api; metrics last, as the outermost middleware.
+and includes one route module per resource (<resource>_api: sys, keys, tokens, devices, policies,
+release (the hot path, a plain Starlette route), attest, leases, models, export); metrics last, as
+the outermost middleware.
 """
 
 from typing import Annotated
@@ -19,18 +19,18 @@ from ...service.http import error_response
 from ...service.logs import JsonLog
 from ..errors import KeyServiceError, PermissionDenied, Unavailable
 from . import (
-    attestation,
+    attest_api,
     devices_api,
     export_api,
     keys_api,
-    leases,
+    leases_api,
     metrics,
+    models_api,
     policies_api,
     release_api,
-    repository,
     sys_api,
+    tokens_api,
 )
-from . import tokens as tokens_api
 from .admission import ReleaseGate, ReleaseSettings
 from .callers import Principal
 from .devices import DeviceStore
@@ -38,6 +38,7 @@ from .http_common import (
     API_PREFIX,
 )
 from .release_fastpath import ReleaseFastPath, VaultApp
+from .repository import DEFAULT_MAX_MODEL_SIZE
 from .store import Store
 from .tokens import TokenStore
 
@@ -98,16 +99,16 @@ def create_app(
     gate = ReleaseGate(devices, release_settings)
     app.state.release_gate = gate
     guarded_release = release_api.add_routes(app, store, devices, gate)
-    attestation.add_routes(app, devices, caller, allow, gate=gate)
-    leases.add_routes(app, store, devices)
-    repository.add_routes(
+    attest_api.add_routes(app, devices, caller, allow, gate=gate)
+    leases_api.add_routes(app, store, devices)
+    models_api.add_routes(
         app,
         store,
         devices,
         caller=caller,
         allow=allow,
         models_dir=models_dir,
-        max_size=max_model_size or repository.DEFAULT_MAX_MODEL_SIZE,
+        max_size=max_model_size or DEFAULT_MAX_MODEL_SIZE,
     )
     export_api.add_routes(app, store, caller, allow, enabled=allow_export)
     # Last: its middleware is then the outermost, so it also counts what the guards refuse.

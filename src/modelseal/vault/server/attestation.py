@@ -1,4 +1,4 @@
-"""Attestation-based key release (issue 6), in the spirit of Confidential Containers' key broker.
+"""Attestation-based key release, in the spirit of Confidential Containers' key broker.
 
 A device (the vault's `devices` entity) gets an Ed25519 identity public key enrolled, optionally
 with the software measurement it must report. To get a file key it asks for a challenge (a fresh
@@ -19,39 +19,24 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from fastapi import Depends, FastAPI, Request, Response
-from pydantic import BaseModel, Field
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
-from ...device.errors import AttestationError
-from ...device.report import MAX_CLOCK_SKEW, MAX_REPORT_SIZE, Report
-from ...keyrelease import datakeys, wire
-from ...keyrelease.wire import DEFAULT_DOMAIN
-from ...service.http import NO_STORE, error_response, read_bounded
-from ..errors import KeyServiceError, Unavailable
-from .admission import ReleaseGate, ReleaseSettings
+from ...keyrelease import wire
+from ...keyrelease.report import MAX_CLOCK_SKEW, Report
+from ..errors import KeyServiceError
 from .callers import Principal
+from .device_rows import Decision
 from .devices import DeviceStore
-from .http_common import (
-    WRITE_KEYS,
-    BadRelease,
-    release_b64,
-    release_int,
-    release_name,
-)
-from .release import LOCKOUT_FAILURES, LOCKOUT_WINDOW_SECONDS, Decision
-from .release_api import release_endpoint
+from .release import LOCKOUT_FAILURES, LOCKOUT_WINDOW_SECONDS
 from .schema import AttestNonce, Device
 from .store import Store
 
@@ -334,97 +319,3 @@ class Attestation:
             .execution_options(synchronize_session=False)
         )
         return None if getattr(consumed, "rowcount", 0) == 1 else "replay"
-
-
-# --- HTTP ---------------------------------------------------------------------------------------
-
-
-class EnrollIdentity(BaseModel):
-    public_key: str = Field(max_length=64, description="base64 of the raw 32-byte Ed25519 public key")
-    measurement: str | None = Field(default=None, max_length=64, description="64 hex digits, or null")
-
-
-def _json_object(data: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(data)
-    except ValueError:
-        raise BadRelease("body") from None
-    if not isinstance(body, dict):
-        raise BadRelease("body")
-    return body
-
-
-def parse_challenge(data: bytes) -> tuple[str, str]:
-    body = _json_object(data)
-    return release_name(body, "domain", DEFAULT_DOMAIN), release_name(body, "device")
-
-
-def parse_attested_release(data: bytes) -> AttestedRelease:
-    body = _json_object(data)
-    domain = release_name(body, "domain", DEFAULT_DOMAIN)
-    device = release_name(body, "device")
-    raw = release_b64(body, "report", 1, MAX_REPORT_SIZE)
-    try:
-        report = Report.from_bytes(raw)
-    except AttestationError:
-        raise BadRelease("report") from None
-    return AttestedRelease(
-        domain=domain,
-        device=device,
-        report=report,
-        key_name=release_name(body, "key_name"),
-        key_version=release_int(body, "key_version", 1, 2**32 - 1),
-        wrapped=release_b64(body, "wrapped", datakeys.WRAPPED_SIZE, datakeys.WRAPPED_SIZE),
-    )
-
-
-def _json(answer: dict[str, Any]) -> Response:
-    return Response(json.dumps(answer), 200, headers=NO_STORE, media_type="application/json")
-
-
-def add_routes(
-    app: FastAPI,
-    devices: DeviceStore,
-    caller: Callable[..., Principal],
-    allow: Callable[[Principal, tuple[str, ...], str, str], None],
-    gate: ReleaseGate | None = None,
-) -> Attestation:
-    """Register enrolment (FastAPI, token) and challenge + release (plain Starlette, no token).
-
-    ``gate`` (admission.py) is the PSK release's: one in-flight limit and one group committer.
-    """
-    store = devices.store
-    service = Attestation(devices, max_report_age=max_report_age_from_env())
-    gate = gate or ReleaseGate(devices, ReleaseSettings(group_commit=False))
-
-    @app.post("/v1/devices/{name}/identity")
-    def enroll(who: Annotated[Principal, Depends(caller)], name: str, body: EnrollIdentity) -> dict[str, Any]:
-        allow(who, WRITE_KEYS, "device.enroll", name)
-        public_key, measurement = parse_identity(body.public_key, body.measurement)
-        return service.enroll(who, name, public_key, measurement)
-
-    async def challenge(request: Request) -> Response:
-        if store.barrier.sealed:
-            return error_response(503, "sealed", "the vault is sealed")
-        data = await read_bounded(request, MAX_CHALLENGE_BODY)
-        if data is None:
-            return error_response(413, "invalid_request", "the challenge request is too large")
-        try:
-            domain, device = parse_challenge(data)
-        except BadRelease as e:
-            return error_response(400, "invalid_request", f"invalid request field: {e}")
-        try:
-            nonce = await run_in_threadpool(service.challenge, domain, device)
-        except Unavailable as e:
-            return error_response(503, e.code, e.message)
-        except Exception:
-            return error_response(503, "challenge_failed", "the vault could not issue a challenge")
-        return _json({"nonce": base64.b64encode(nonce).decode(), "expires_in": NONCE_TTL_SECONDS})
-
-    release = release_endpoint(
-        store, MAX_ATTEST_BODY, parse_attested_release, lambda req: (gate, service.release_steps(req))
-    )
-
-    app.add_route("/v1/attest/challenge", challenge, methods=["POST"], include_in_schema=False)
-    app.add_route("/v1/attest/release", gate.guard(release), methods=["POST"], include_in_schema=False)
-    return service

@@ -29,8 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ...keyrelease import wire
-from ...keyrelease.wire import DEFAULT_DOMAIN
-from .device_rows import ReleaseDenied, psk_row
+from .device_rows import Decision, ReleaseDenied, psk_row
 from .devices import DeviceStore
 from .release import LOCKOUT_FAILURES, ReleaseDecider
 from .schema import Device, Domain, Licence, LicenceDevice, MasterKey, Policy, ReleaseNonce
@@ -103,15 +102,6 @@ def parse_device_headers(headers: Mapping[str, str], *, method: str, path: str, 
     return DeviceProof(domain, device, method.upper(), path, body, int(stamp), nonce, mac)
 
 
-@dataclass
-class Outcome:
-    """What one device request decided: ``reason`` None means allowed; details go to the audit."""
-
-    reason: str | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-    domain: str = DEFAULT_DOMAIN  # the audit's domain: the claimed one only if it exists
-
-
 @dataclass(frozen=True)
 class Grant:
     """A device may use ``key_name`` version ``key_version`` under ``policy`` until ``not_after``."""
@@ -132,7 +122,7 @@ class DeviceRequests:
 
     # --- authentication --------------------------------------------------------------------------
 
-    def _authenticate(self, session: Session, proof: DeviceProof, at: float, out: Outcome) -> Device | None:
+    def _authenticate(self, session: Session, proof: DeviceProof, at: float, out: Decision) -> Device | None:
         domain_id = session.execute(select(Domain.id).where(Domain.name == proof.domain)).scalar()
         device = None
         if domain_id is not None:
@@ -190,7 +180,7 @@ class DeviceRequests:
         return None
 
     def audit_in(
-        self, session: Session, op: str, proof: DeviceProof, device: Device | None, out: Outcome, ok: str
+        self, session: Session, op: str, proof: DeviceProof, device: Device | None, out: Decision, ok: str
     ) -> None:
         if device is None:
             # The claimed name is attacker-chosen (or a mistyped secret): keep only its HMAC.
@@ -216,7 +206,7 @@ class DeviceRequests:
         self,
         op: str,
         proof: DeviceProof,
-        decide: Callable[[Session, Device, float, Outcome], T],
+        decide: Callable[[Session, Device, float, Decision], T],
         *,
         ok: str = "ok",
         details: dict[str, Any] | None = None,
@@ -230,7 +220,7 @@ class DeviceRequests:
         at = time.time()
         try:
             with self.store.write_session() as session:
-                out = Outcome(details=dict(details or {}))
+                out = Decision(details=dict(details or {}))
                 device = self._authenticate(session, proof, at, out)
                 result: T | None = None
                 if out.reason is None and device is not None:

@@ -1,10 +1,14 @@
-"""What the device routes and the release decision share: name rules, times, and the one refusal."""
+"""What the device routes and the release decision share: name rules, times, the one refusal, and
+the shape of a decision."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
+from ...keyrelease.wire import DEFAULT_DOMAIN
 from ..errors import KeyServiceError, PermissionDenied
 from .barrier import Barrier
 from .schema import Device
@@ -20,6 +24,18 @@ class ReleaseDenied(PermissionDenied):
 
     def __init__(self) -> None:
         super().__init__("key release refused")
+
+@dataclass
+class Decision:
+    """What one device request decided: ``reason`` None means allowed. ``details`` go to its audit
+    record, under ``domain`` (the claimed domain only once it is known to exist); ``sealed`` is a
+    granted release's HPKE-sealed file key."""
+
+    reason: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    domain: str = DEFAULT_DOMAIN
+    sealed: bytes | None = None
+
 
 def check_id(kind: str, name: str) -> None:
     if not ID_PATTERN.fullmatch(name):

@@ -28,9 +28,8 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session
 
 from ..errors import Unavailable
-from .device_rows import ReleaseDenied
+from .device_rows import Decision, ReleaseDenied
 from .devices import DeviceStore
-from .release import Decision
 
 Decide = Callable[[Session, float], Decision]
 OnConflict = Callable[[], None]

@@ -8,8 +8,11 @@ import binascii
 import json
 from typing import Any, Protocol
 
+from starlette.responses import Response
+
 from ...keyrelease import datakeys, wire
 from ...keyrelease.wire import DEFAULT_DOMAIN
+from ...service.http import NO_STORE
 from .callers import Principal
 from .device_rows import ReleaseDenied
 from .release import ReleaseRequest
@@ -25,10 +28,15 @@ READ_AUDIT = ("admin", "auditor")
 
 MAX_RELEASE_BODY = 4096
 
-# One body for every refused release, so unknown device, wrong PSK, revoked and locked look alike.
+# One body for every refused release, so unknown device, wrong PSK, revoked and locked look alike,
+# and for every device route (leases, model downloads): a device learns nothing from which refused.
 DENIED_BODY = json.dumps(
     {"error": {"code": ReleaseDenied.code, "message": "key release refused"}}, separators=(",", ":")
 ).encode()
+
+def denied() -> Response:
+    return Response(DENIED_BODY, 403, headers=NO_STORE, media_type="application/json")
+
 
 class BadRelease(Exception):
     """A malformed release request; names the field, never its value."""
@@ -57,13 +65,19 @@ def release_name(body: dict[str, Any], name: str, default: str | None = None) ->
         raise BadRelease(name)
     return value
 
-def parse_release(data: bytes) -> ReleaseRequest:
+def json_object(data: bytes) -> dict[str, Any]:
+    """A device route's body: one JSON object, else BadRelease("body")."""
     try:
         body = json.loads(data)
     except ValueError:
         raise BadRelease("body") from None
     if not isinstance(body, dict):
         raise BadRelease("body")
+    return body
+
+
+def parse_release(data: bytes) -> ReleaseRequest:
+    body = json_object(data)
     return ReleaseRequest(
         domain=release_name(body, "domain", DEFAULT_DOMAIN),
         device=release_name(body, "device"),

@@ -12,29 +12,18 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
-from starlette.responses import Response
 
 from ...keyrelease.wire import DEFAULT_DOMAIN
-from ...service.http import NO_STORE, error_response, read_bounded
-from ..errors import Unavailable
 from .device_auth import (
-    BadDeviceRequest,
     DeviceProof,
     DeviceRequests,
     Grant,
-    Outcome,
-    parse_device_headers,
 )
-from .device_rows import ID_PATTERN, ReleaseDenied, iso_time
-from .devices import DeviceStore
-from .http_common import API_PREFIX
-from .repository import ModelRecord, denied, key_refs_of
+from .device_rows import ID_PATTERN, Decision, iso_time
+from .repository import ModelRecord, key_refs_of
 from .schema import Device
-from .store import Store
 
 MAX_LEASE_BODY = 4096
 RECHECK_AFTER_SECONDS = 300
@@ -88,7 +77,7 @@ class Leases:
     def check(self, proof: DeviceProof, req: LeaseRequest) -> dict[str, Any]:
         """The lease answer, or ReleaseDenied; audited as ``lease.check`` in the same transaction."""
 
-        def decide(session: Session, device: Device, at: float, out: Outcome) -> dict[str, Any]:
+        def decide(session: Session, device: Device, at: float, out: Decision) -> dict[str, Any]:
             found: Grant | None
             if req.model is not None:
                 row = session.execute(
@@ -129,43 +118,3 @@ class Leases:
             else {"key": req.key_name, "version": req.key_version}
         )
         return self.requests.run("lease.check", proof, decide, ok="valid", details=asked)
-
-
-def add_routes(app: FastAPI, store: Store, devices: DeviceStore) -> Leases:
-    leases = Leases(DeviceRequests(devices))
-
-    async def lease(request: Request) -> Response:
-        # No token: the device headers are the authentication, and they MAC this exact body.
-        if store.barrier.sealed:
-            return error_response(503, "sealed", "the vault is sealed")
-        data = await read_bounded(request, MAX_LEASE_BODY)
-        if data is None:
-            return error_response(413, "invalid_request", "the lease request is too large")
-        raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
-        path = bytes(raw_path).split(b"?", 1)[0].decode("latin-1")
-        try:
-            req = parse_lease(data)
-            proof = parse_device_headers(request.headers, method="POST", path=path, body=data)
-        except (BadLease, BadDeviceRequest) as e:
-            return error_response(400, "invalid_request", f"invalid request field: {e}")
-        for name, claimed, proven in (
-            ("domain", req.domain, proof.domain),
-            ("device", req.device, proof.device),
-        ):
-            if claimed != proven:
-                return error_response(
-                    400, "invalid_request", f"invalid request field: {name} (differs from its header)"
-                )
-        try:
-            answer = await run_in_threadpool(leases.check, proof, req)
-        except ReleaseDenied:
-            return denied()
-        except Unavailable as e:
-            return error_response(503, e.code, e.message)
-        except Exception:
-            # Storage or audit failure: rolled back, so the nonce was not consumed either.
-            return error_response(503, "lease_failed", "the vault could not record the lease check")
-        return Response(json.dumps(answer), 200, headers=NO_STORE, media_type="application/json")
-
-    app.add_route(f"{API_PREFIX}/lease", lease, methods=["POST"], include_in_schema=False)
-    return leases

@@ -26,7 +26,7 @@ from ...keyrelease import datakeys, wire
 from ...keyrelease.wire import DEFAULT_DOMAIN
 from ..errors import KeyServiceError
 from . import release_sql as sql
-from .device_rows import ReleaseDenied, identity_of, psk_row
+from .device_rows import Decision, ReleaseDenied, identity_of, psk_row
 from .schema import Device, Licence, MasterKey, Policy
 from .store import Store
 
@@ -40,13 +40,6 @@ FAILURE_SWEEP_SECONDS = 60.0
 
 # Compared against when the device is unknown, so that path does the same HMAC work.
 _DUMMY_PSK = os.urandom(wire.PSK_SIZE)
-
-
-# Names nobody owns are never proved again, so their rows are only cleared by this sweep.
-
-
-# A nonce already in the replay index inserts nothing (rowcount 0): one statement where a look-up
-# and an insert were two (on PostgreSQL each is a round trip). SQLite and PostgreSQL both take it.
 
 
 @dataclass
@@ -140,13 +133,6 @@ class ReleaseTarget(Protocol):
         ...
 
     def hpke_info(self) -> bytes: ...
-
-@dataclass
-class Decision:
-    reason: str | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-    sealed: bytes | None = None
-
 
 class ReleaseDecider:
     """Decides and commits key releases on top of a Store (same engine, barrier, audit)."""

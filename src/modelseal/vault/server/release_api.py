@@ -22,7 +22,7 @@ from .admission import ReleaseGate, queue_full_response
 from .device_rows import ReleaseDenied
 from .devices import DeviceStore
 from .group_commit import CommitQueueFull, Decide, OnConflict
-from .http_common import API_PREFIX, DENIED_BODY, MAX_RELEASE_BODY, BadRelease, parse_release
+from .http_common import API_PREFIX, MAX_RELEASE_BODY, BadRelease, denied, parse_release
 from .release import ReleaseTarget
 from .release_fastpath import Endpoint, VaultApp
 from .store import Store
@@ -39,7 +39,7 @@ async def answer_release(
     try:
         sealed = await gate.release(*steps)
     except ReleaseDenied:
-        return Response(DENIED_BODY, 403, headers=NO_STORE, media_type="application/json")
+        return denied()
     except CommitQueueFull as e:
         return queue_full_response(e)
     except Unavailable as e:

@@ -31,12 +31,15 @@ PURGE_FAILURES = HotStatement(
         AuthFailure.subject == bindparam("subject"), AuthFailure.at <= bindparam("before")
     )
 )
+# Names nobody owns are never proved again, so their rows are only cleared by this sweep.
 SWEEP_FAILURES = HotStatement(delete(AuthFailure).where(AuthFailure.at <= bindparam("before")))
 PURGE_NONCES = HotStatement(
     delete(ReleaseNonce).where(
         ReleaseNonce.device_id == bindparam("device_id"), ReleaseNonce.timestamp < bindparam("before")
     )
 )
+# A nonce already in the replay index inserts nothing (rowcount 0): one statement where a look-up
+# and an insert were two (on PostgreSQL each is a round trip). SQLite and PostgreSQL both take it.
 ADD_NONCE = HotStatement(
     text(
         "INSERT INTO release_nonces (device_id, nonce_hash, timestamp) "

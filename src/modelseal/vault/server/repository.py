@@ -22,31 +22,24 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO
+from typing import Any, BinaryIO
 
 import anyio.to_thread
-from fastapi import Depends, FastAPI, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import Request
 from sqlalchemy import BigInteger, ForeignKey, Integer, String, Text, UniqueConstraint, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import Response, StreamingResponse
 
 from ...errors import FormatError
 from ...fileio import fsync_dir
 from ...opening import read_header
-from ...service.http import NO_STORE, error_response
 from ..client import recipient
-from ..errors import KeyServiceError, NotFound, PermissionDenied, Unavailable
+from ..errors import KeyServiceError, NotFound, Unavailable
 from .callers import Principal
-from .device_auth import BadDeviceRequest, DeviceProof, DeviceRequests, Outcome, has_device_headers
-from .device_auth import parse_device_headers as parse_proof
-from .device_rows import ReleaseDenied, check_id
-from .devices import DeviceStore
-from .http_common import API_PREFIX
+from .device_auth import DeviceProof, DeviceRequests
+from .device_rows import Decision, check_id
 from .schema import Base, Device, now
 from .store import Store
 
@@ -57,10 +50,6 @@ STALE_UPLOAD_SECONDS = 24 * 3600
 _UPLOAD_PREFIX = ".upload-"
 WRITE_MODELS = ("admin", "operator")
 READ_MODELS = ("admin", "operator", "auditor")
-# Byte for byte the key release's refusal: a device learns nothing from which route refused it.
-DENIED_BODY = json.dumps(
-    {"error": {"code": ReleaseDenied.code, "message": "key release refused"}}, separators=(",", ":")
-).encode()
 
 
 class ModelRecord(Base):
@@ -340,7 +329,7 @@ class ModelRepository:
     ) -> Download:
         op = "model.download" if content else "model.read"
 
-        def decide(session: Session, device: Device, at: float, out: Outcome) -> Download:
+        def decide(session: Session, device: Device, at: float, out: Decision) -> Download:
             row = self._row(session, device.domain_id, model_id)
             if row is None:
                 out.reason = "unknown_model"
@@ -367,117 +356,3 @@ def _write(f: BinaryIO, hasher: Any, data: bytes) -> None:
         if written is None:  # pragma: no cover - only non-blocking files return None
             raise OSError("short write")
         view = view[written:]
-
-
-async def _stream(f: BinaryIO) -> AsyncIterator[bytes]:
-    try:
-        while True:
-            data = await anyio.to_thread.run_sync(f.read, CHUNK_SIZE)
-            if not data:
-                return
-            yield data
-    finally:
-        f.close()
-
-
-def denied() -> Response:
-    return Response(DENIED_BODY, 403, headers=NO_STORE, media_type="application/json")
-
-
-def add_routes(
-    app: FastAPI,
-    store: Store,
-    devices: DeviceStore,
-    *,
-    caller: Callable[..., Principal],
-    allow: Callable[..., None],
-    models_dir: str | os.PathLike[str] | None,
-    max_size: int = DEFAULT_MAX_MODEL_SIZE,
-) -> ModelRepository:
-    """Register the /v1/models routes; ``caller`` and ``allow`` are the app's token checks."""
-    repo = ModelRepository(
-        store, DeviceRequests(devices), Path(models_dir) if models_dir is not None else None, max_size
-    )
-    repo.remove_stale_uploads()
-    Caller = Annotated[Principal, Depends(caller)]
-
-    @app.put(f"{API_PREFIX}/models/{{model_id}}")
-    async def upload_model(
-        who: Caller, model_id: str, request: Request, replace: Annotated[bool, Query()] = False
-    ) -> dict[str, Any]:
-        # The body is read by hand (no body parameter), so FastAPI never buffers it.
-        await run_in_threadpool(allow, who, WRITE_MODELS, "model.upload", model_id)
-        check_id("model", model_id)
-        if not replace:
-            await run_in_threadpool(repo.check_absent, who, model_id)
-        try:
-            tmp, size, sha256 = await repo.receive(who, request)
-        except TooLarge as e:
-            await run_in_threadpool(store.record_refusal, who, "model.upload", model_id, e)
-            raise
-        return await run_in_threadpool(repo.commit, who, model_id, tmp, size, sha256, replace)
-
-    @app.get(f"{API_PREFIX}/models")
-    def list_models(who: Caller) -> dict[str, Any]:
-        allow(who, READ_MODELS, "model.list")
-        return {"models": repo.list_models(who)}
-
-    def token_of(request: Request) -> Principal:
-        scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
-        return store.authenticate(token.strip() if scheme.lower() == "bearer" else None)
-
-    async def fetch(request: Request, content: bool) -> Response:
-        # Token (operator tools) or device headers (edge agents): the device path answers every
-        # refusal with the release's uniform 403.
-        if store.barrier.sealed:
-            return error_response(503, "sealed", "the vault is sealed")
-        model_id = str(request.path_params["model_id"])
-        if_none_match = request.headers.get("if-none-match")
-        try:
-            check_id("model", model_id)
-            if has_device_headers(request.headers):
-                raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
-                path = bytes(raw_path).split(b"?", 1)[0].decode("latin-1")
-                try:
-                    proof = parse_proof(request.headers, method=request.method, path=path, body=b"")
-                except BadDeviceRequest as e:
-                    return error_response(400, "invalid_request", f"invalid request header: {e}")
-                try:
-                    got = await run_in_threadpool(
-                        repo.for_device, proof, model_id, content=content, if_none_match=if_none_match
-                    )
-                except ReleaseDenied:
-                    return denied()
-            else:
-                who = await run_in_threadpool(token_of, request)
-                roles, op = (WRITE_MODELS, "model.download") if content else (READ_MODELS, "model.read")
-                if who.role not in roles:
-                    error = PermissionDenied(f"role {who.role} may not {op.replace('.', ' ')}")
-                    await run_in_threadpool(store.record_refusal, who, op, model_id, error)
-                    raise error
-                got = await run_in_threadpool(
-                    repo.for_token, who, model_id, content=content, if_none_match=if_none_match
-                )
-        except KeyServiceError as e:
-            return error_response(e.status, e.code, e.message)
-        except Exception:
-            return error_response(503, "storage_unavailable", "the vault could not read its model repository")
-        if not content:
-            return JSONResponse(got.meta, headers=NO_STORE)
-        headers = {"ETag": etag(got.meta["sha256"]), "Cache-Control": "no-store"}
-        if got.not_modified or got.file is None:
-            return Response(status_code=304, headers=headers)
-        headers["Content-Length"] = str(os.fstat(got.file.fileno()).st_size)
-        return StreamingResponse(_stream(got.file), headers=headers, media_type="application/octet-stream")
-
-    async def model_info(request: Request) -> Response:
-        return await fetch(request, content=False)
-
-    async def model_content(request: Request) -> Response:
-        return await fetch(request, content=True)
-
-    app.add_route(f"{API_PREFIX}/models/{{model_id}}", model_info, methods=["GET"], include_in_schema=False)
-    app.add_route(
-        f"{API_PREFIX}/models/{{model_id}}/content", model_content, methods=["GET"], include_in_schema=False
-    )
-    return repo

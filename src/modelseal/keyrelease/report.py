@@ -27,11 +27,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from google.protobuf.message import DecodeError
 
+from ..errors import AttestationError
 from ..fileio import atomic_write_bytes
 from ..keyfiles import x25519_recipient_string
 from ..recipients import X25519Recipient
-from . import attestation_pb2 as pb
-from .errors import AttestationError
+from . import report_pb2 as pb
 
 REPORT_VERSION = 1
 _DOMAIN = b"modelseal/v1 device attestation report\x00"
