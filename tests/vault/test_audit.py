@@ -88,7 +88,7 @@ def test_no_effect_without_its_audit_record(store: Store, monkeypatch: pytest.Mo
     def broken(*_: Any, **__: Any) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(store, "audit_in", broken)
+    monkeypatch.setattr(store.audit, "record", broken)
     with pytest.raises(OSError):
         store.create_key(admin, "never")
     with pytest.raises(OSError):

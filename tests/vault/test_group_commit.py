@@ -241,7 +241,7 @@ def test_a_release_that_fails_alone_does_not_sink_its_group(
 ) -> None:
     requests = vault.requests(8)
     victim = requests[4].body["nonce"]
-    real_audit = vault.store.audit_in
+    real_audit = vault.store.audit.record
 
     def audit(session: Session, domain: str, op: str, actor: str, **details: Any) -> None:
         # The audit record of one release can't be written (whatever the transaction).
@@ -252,7 +252,7 @@ def test_a_release_that_fails_alone_does_not_sink_its_group(
     import base64
 
     nonce_hmac = vault.store.secret_digest("release nonce", base64.b64decode(victim))
-    monkeypatch.setattr(vault.store, "audit_in", audit)
+    monkeypatch.setattr(vault.store.audit, "record", audit)
     answers = post_grouped(vault, [r.body for r in requests])
     statuses = [a.status_code for a in answers]
     assert statuses == [200, 200, 200, 200, 503, 200, 200, 200]

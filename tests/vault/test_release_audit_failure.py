@@ -39,19 +39,19 @@ def test_failing_audit_write_releases_nothing(tmp_path: Path, monkeypatch: pytes
         app = create_app(store)
         request = build_request("cam", psk, sealed)
 
-        real_audit = store.audit_in
+        real_audit = store.audit.record
 
         def failing_audit(session: Any, domain: str, op: str, actor: str, **details: Any) -> None:
             if op == "key.release":
                 raise OSError("disk full")
             real_audit(session, domain, op, actor, **details)
 
-        monkeypatch.setattr(store, "audit_in", failing_audit)
+        monkeypatch.setattr(store.audit, "record", failing_audit)
         answer = post(app, request.body)
         assert answer.status_code == 503 and answer.json()["error"]["code"] == "release_failed"
         assert not any(form in answer.content for form in encodings(local.data_key))
         assert "sealed" not in answer.json()
-        monkeypatch.setattr(store, "audit_in", real_audit)
+        monkeypatch.setattr(store.audit, "record", real_audit)
 
         assert devices.read_licence(admin, "l")["uses"] == 0  # the counter rolled back too
         # ...and so did the nonce: the very same request now succeeds, once.

@@ -506,7 +506,7 @@ def test_no_effect_without_its_audit_record(vault: Vault, monkeypatch: pytest.Mo
     def broken(*_: Any, **__: Any) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(s, "audit_in", broken)
+    monkeypatch.setattr(s.audit, "record", broken)
     for call in (
         lambda: s.create_key(admin, "never"),
         lambda: s.rotate_key(admin, "k"),

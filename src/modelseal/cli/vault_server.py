@@ -155,8 +155,20 @@ def cmd_audit_verify(args: argparse.Namespace) -> None:
     require_vault_extra()
     from modelseal.vault.server import verify_audit
 
-    count = verify_audit(args.data, args.database)
-    print(f"audit chain intact: {count} record(s)", file=sys.stderr)
+    status = verify_audit(args.data, args.database)
+    if status.anchored is None:
+        anchor = "the anchor was not checked (a Shamir root stays sealed offline; it is checked at unseal)"
+    else:
+        anchor = f"the database still holds the anchored head (record {status.anchored})"
+    print(f"audit chain intact: {status.records} record(s); {anchor}", file=sys.stderr)
+
+
+def cmd_audit_anchor(args: argparse.Namespace) -> None:
+    require_vault_extra()
+    from modelseal.vault.server import anchor_audit
+
+    seq = anchor_audit(args.data, args.database)
+    print(f"audit chain intact; anchored its head, record {seq} (it names the old anchor)", file=sys.stderr)
 
 
 def add_server_commands(groups: Subcommands) -> None:
@@ -298,15 +310,26 @@ def add_server_commands(groups: Subcommands) -> None:
 
 
 def add_audit_commands(groups: Subcommands) -> None:
-    """audit verify: the hash chain in the database."""
+    """audit verify|anchor: the hash chain in the database, and its head kept outside it."""
     audit = leaf(groups, "audit", "the audit trail", "modelseal vault audit verify --data ./vault")
     audits = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
     p = data_flags(
         leaf(
             audits,
             "verify",
-            "check the audit hash chain in the database; names the first bad record",
+            "check the audit hash chain in the database, and that it still holds the head this "
+            "vault anchored (records cut off or an older copy are refused); names the first bad record",
             "modelseal vault audit verify --data ./vault",
         )
     )
     p.set_defaults(func=cmd_audit_verify)
+    p = data_flags(
+        leaf(
+            audits,
+            "anchor",
+            "accept the database's current audit head as this vault's (after restoring a backup on "
+            "purpose, or for a vault made before anchors): checks the chain first; audited",
+            "modelseal vault audit anchor --data ./vault",
+        )
+    )
+    p.set_defaults(func=cmd_audit_anchor)

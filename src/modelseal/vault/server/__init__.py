@@ -9,9 +9,10 @@ app            create_app: the FastAPI app and its token and role checks; it onl
                leases_api, models_api, export_api, shares_api
 http_common    API prefix, roles of each route kind, the one refusal body, the release body parser
 schema         every table (SQLAlchemy 2 ORM); engine: SQLite/PostgreSQL connections, migrations
-store          operations on keys, data keys and tokens, and the audit append (audit_in)
+store          operations on keys, data keys and tokens; write_session anchors each commit's head
 callers        bearer tokens (stored as hashes) and the Principal a token stands for
-audit          the chain's canonical records and hashes, and its verification
+audit          AuditLog (record: the append in the effect's transaction), the chain's hashes and
+               its verification; audit_anchor: the head kept outside the database
 barrier        the root (barrier) key that encrypts every secret at rest; roots/ keyfile's
                alternatives: shamir (starts sealed), pkcs11 (a key in a token)
 devices        devices, PSKs, policies and licences (admin operations); device_rows: name rules,
@@ -37,33 +38,67 @@ the CLI.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+from ...errors import UsageError
 from .admission import ReleaseSettings
 from .audit import verify_audit as verify_audit_chain
+from .barrier import RootBarrier
 from .datadir import ROOT_FILE, TOKEN_FILE, DataDir, init, serve
-from .engine import make_engine, sqlite_url
 from .export import guard_fingerprint, parse_bundle
 from .roots.pkcs11 import Pkcs11Options
 from .roots.shamir import ShamirOptions, parse_share, read_share_file
 
 
-def verify_audit(data: str | Path, database: str | None = None) -> int:
-    """Check the audit hash chain of the vault whose data folder is ``data``; the records checked."""
-    DataDir(Path(data)).config()
-    engine = make_engine(database or sqlite_url(data))
+@dataclass(frozen=True)
+class AuditStatus:
+    """What `vault audit verify` found: the records checked, and the anchored head (None when the
+    root is sealed, so the anchor could not be read)."""
+
+    records: int
+    anchored: int | None
+
+
+def verify_audit(data: str | Path, database: str | None = None) -> AuditStatus:
+    """Check the audit hash chain of the vault whose data folder is ``data``, and that the database
+    still holds the head the vault anchored (unless its root is sealed Shamir shares)."""
+    folder = DataDir(Path(data))
+    config = folder.config()
+    barrier = RootBarrier(None) if config["root"] == "shamir" else folder.barrier(config)
+    store = folder.open_store(database, barrier=barrier, check=False)
     try:
-        return verify_audit_chain(engine)
+        records = verify_audit_chain(store.engine)
+        head = None if barrier.sealed else store.audit.check_anchor(store.engine)
+        return AuditStatus(records, None if head is None else head.seq)
     finally:
-        engine.dispose()
+        store.engine.dispose()
+
+
+def anchor_audit(data: str | Path, database: str | None = None) -> int:
+    """Anchor the database's current audit head (after a deliberate restore from a backup, or for a
+    vault made before anchors existed): checks the chain, records `audit.anchor` naming the head
+    anchored before, and returns the record now anchored."""
+    folder = DataDir(Path(data))
+    config = folder.config()
+    if config["root"] == "shamir":
+        raise UsageError("a Shamir vault is anchored when it unseals: this command needs its root")
+    store = folder.open_store(database, check=False)
+    try:
+        verify_audit_chain(store.engine)
+        return store.reanchor_audit()
+    finally:
+        store.engine.dispose()
 
 
 __all__ = [
     "ROOT_FILE",
     "TOKEN_FILE",
+    "AuditStatus",
     "Pkcs11Options",
     "ReleaseSettings",
     "ShamirOptions",
+    "anchor_audit",
     "guard_fingerprint",
     "init",
     "parse_bundle",

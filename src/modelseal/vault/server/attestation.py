@@ -147,7 +147,7 @@ class Attestation:
             # Challenges issued under the old key are void: the new key could not sign for them.
             session.execute(delete(AttestNonce).where(AttestNonce.device_id == device.id))
             session.flush()
-            self.store.audit_in(
+            self.store.audit.record(
                 session,
                 who.domain,
                 "device.enroll",

@@ -6,6 +6,7 @@ DIR/               0700
   root.key         0600, the barrier root (key-file root)
   vault.db         SQLite (+ -wal, -shm)
   admin.token      0600, the first admin token
+  audit.anchor     0600, the audit chain's last committed head, MAC'd under the root (audit_anchor.py)
   tls/             ca.pem, ca.key (0600), server.pem, server.key (0600)
   models/          0700, sealed model files of the repository: <domain>/<sha256>
 """
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 from ...errors import KeyFileError, OutputError, UsageError
 from ..errors import KeyServiceError
 from . import tls
+from .audit_anchor import ANCHOR_FILE, AuditAnchor
 from .barrier import ROOT_KEY_SIZE, Barrier, KeyFileBarrier, RootBarrier, create_root_key
 from .engine import make_engine, sqlite_url, upgrade_schema
 from .roots import pkcs11 as pkcs11_root
@@ -87,13 +89,24 @@ class DataDir:
         finally:
             shamir_root.wipe(root)
 
-    def open_store(self, database_url: str | None = None, *, barrier: Barrier | None = None) -> Store:
-        """Barrier from the root (unless given), engine, schema upgraded to head."""
+    def open_store(
+        self, database_url: str | None = None, *, barrier: Barrier | None = None, check: bool = True
+    ) -> Store:
+        """Barrier from the root (unless given), engine, schema upgraded to head; unless ``check`` is
+        False, the database must hold what this folder's anchor says was committed (a sealed
+        barrier is checked when it unseals)."""
         config = self.config()
         barrier = barrier or self.barrier(config)
         engine = make_engine(database_url or sqlite_url(self.path))
-        upgrade_schema(engine)
-        return Store(engine, barrier)
+        try:
+            upgrade_schema(engine)
+            store = Store(engine, barrier, AuditAnchor(self.path / ANCHOR_FILE, barrier))
+            if check and not barrier.sealed:
+                store.check_integrity()
+        except BaseException:
+            engine.dispose()
+            raise
+        return store
 
 
 def refuse_used_database(url: str) -> None:

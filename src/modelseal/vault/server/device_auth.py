@@ -179,7 +179,7 @@ class DeviceRequests:
         session.flush()
         return None
 
-    def audit_in(
+    def record(
         self, session: Session, op: str, proof: DeviceProof, device: Device | None, out: Decision, ok: str
     ) -> None:
         if device is None:
@@ -189,7 +189,7 @@ class DeviceRequests:
             }
         else:
             who = {"device": device.name, "psk_generation": device.psk_generation}
-        self.store.audit_in(
+        self.store.audit.record(
             session,
             out.domain,
             op,
@@ -225,7 +225,7 @@ class DeviceRequests:
                 result: T | None = None
                 if out.reason is None and device is not None:
                     result = decide(session, device, at, out)
-                self.audit_in(session, op, proof, device, out, ok)
+                self.record(session, op, proof, device, out, ok)
         except IntegrityError:
             # Only the (device, nonce) index can refuse here: a concurrent twin committed first.
             self._record_replay(op, proof)
@@ -237,7 +237,7 @@ class DeviceRequests:
     def _record_replay(self, op: str, proof: DeviceProof) -> None:
         try:
             with self.store.write_session() as session:
-                self.store.audit_in(
+                self.store.audit.record(
                     session,
                     proof.domain,
                     op,

@@ -124,7 +124,7 @@ class DeviceStore:
             psk = self._set_psk(device)
             session.add(device)
             session.flush()
-            self.store.audit_in(
+            self.store.audit.record(
                 session,
                 who.domain,
                 "device.create",
@@ -145,7 +145,7 @@ class DeviceStore:
             device.psk_rotated = now()
             psk = self._set_psk(device)
             session.flush()
-            self.store.audit_in(
+            self.store.audit.record(
                 session,
                 who.domain,
                 "device.rotate_psk",
@@ -164,7 +164,7 @@ class DeviceStore:
             if not device.revoked:
                 device.revoked, device.revoked_at = True, now()
             session.flush()
-            self.store.audit_in(session, who.domain, "device.revoke", who.accessor, device=name)
+            self.store.audit.record(session, who.domain, "device.revoke", who.accessor, device=name)
             return self._meta(session, device)
 
         return self.store.operation(who, "device.revoke", name, run)
@@ -174,7 +174,7 @@ class DeviceStore:
             device = self._device(session, who, name)
             subject = self.releases.failure_subject(device.domain_id, "", device.name)
             session.execute(delete(AuthFailure).where(AuthFailure.subject == subject))
-            self.store.audit_in(session, who.domain, "device.unlock", who.accessor, device=name)
+            self.store.audit.record(session, who.domain, "device.unlock", who.accessor, device=name)
             return self._meta(session, device)
 
         return self.store.operation(who, "device.unlock", name, run)
@@ -184,7 +184,7 @@ class DeviceStore:
             names = session.execute(
                 select(Device.name).where(Device.domain_id == who.domain_id).order_by(Device.name)
             ).scalars()
-            self.store.audit_in(session, who.domain, "device.list", who.accessor)
+            self.store.audit.record(session, who.domain, "device.list", who.accessor)
             return list(names)
 
         return self.store.operation(who, "device.list", "", run)
@@ -192,7 +192,7 @@ class DeviceStore:
     def read_device(self, who: Principal, name: str) -> dict[str, Any]:
         def run(session: Session) -> dict[str, Any]:
             meta = self._meta(session, self._device(session, who, name))
-            self.store.audit_in(session, who.domain, "device.read", who.accessor, device=name)
+            self.store.audit.record(session, who.domain, "device.read", who.accessor, device=name)
             return meta
 
         return self.store.operation(who, "device.read", name, run)
@@ -239,7 +239,7 @@ class DeviceStore:
             policy.key_name, policy.updated = key, when
             policy.devices, policy.groups = json.dumps(clean_devices), json.dumps(clean_groups)
             session.flush()
-            self.store.audit_in(
+            self.store.audit.record(
                 session,
                 who.domain,
                 "policy.write",
@@ -258,7 +258,7 @@ class DeviceStore:
             names = session.execute(
                 select(Policy.name).where(Policy.domain_id == who.domain_id).order_by(Policy.name)
             ).scalars()
-            self.store.audit_in(session, who.domain, "policy.list", who.accessor)
+            self.store.audit.record(session, who.domain, "policy.list", who.accessor)
             return list(names)
 
         return self.store.operation(who, "policy.list", "", run)
@@ -266,7 +266,7 @@ class DeviceStore:
     def read_policy(self, who: Principal, name: str) -> dict[str, Any]:
         def run(session: Session) -> dict[str, Any]:
             out = self._policy_dict(self._policy(session, who, name))
-            self.store.audit_in(session, who.domain, "policy.read", who.accessor, policy=name)
+            self.store.audit.record(session, who.domain, "policy.read", who.accessor, policy=name)
             return out
 
         return self.store.operation(who, "policy.read", name, run)
@@ -321,7 +321,7 @@ class DeviceStore:
             )
             session.add(licence)
             session.flush()
-            self.store.audit_in(
+            self.store.audit.record(
                 session,
                 who.domain,
                 "licence.create",
@@ -346,7 +346,7 @@ class DeviceStore:
             ).first()
             if row is None:
                 raise NotFound(f"no licence {name!r}")
-            self.store.audit_in(session, who.domain, "licence.read", who.accessor, licence=name)
+            self.store.audit.record(session, who.domain, "licence.read", who.accessor, licence=name)
             return self._licence_dict(session, row[0], row[1])
 
         return self.store.operation(who, "licence.read", name, run)

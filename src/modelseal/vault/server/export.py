@@ -165,7 +165,7 @@ def export_key(store: Store, who: Principal, name: str, guard: X25519PublicKey) 
             materials={v: store._material(session, key, v) for v in versions},
             guard=guard,
         )
-        store.audit_in(
+        store.audit.record(
             session,
             who.domain,
             "key.export",

@@ -205,7 +205,7 @@ class ReleaseDecider:
         stands whether or not it could be recorded."""
         try:
             with self.store.write_session() as session:
-                self.store.audit_in(
+                self.store.audit.record(
                     session,
                     domain,
                     "key.release",
@@ -271,7 +271,7 @@ class ReleaseDecider:
             }
         else:
             who = {"device": device.name, "psk_generation": device.psk_generation}
-        self.store.audit_in(
+        self.store.audit.record(
             session,
             domain if domain_known else DEFAULT_DOMAIN,
             "key.release",

@@ -245,7 +245,7 @@ class ModelRepository:
                 row.size, row.sha256, row.key_refs = size, sha256, json.dumps(refs)
                 row.created, row.uploaded_by = now(), who.accessor
                 session.flush()
-                self.store.audit_in(
+                self.store.audit.record(
                     session,
                     who.domain,
                     "model.upload",
@@ -286,7 +286,7 @@ class ModelRepository:
             rows = session.execute(
                 select(ModelRecord).where(ModelRecord.domain_id == who.domain_id).order_by(ModelRecord.name)
             ).scalars()
-            self.store.audit_in(session, who.domain, "model.list", who.accessor)
+            self.store.audit.record(session, who.domain, "model.list", who.accessor)
             return [_meta(r) for r in rows]
 
         return self.store.operation(who, "model.list", "", run)
@@ -313,7 +313,7 @@ class ModelRepository:
             handle = self._open_blob(who.domain, row) if content and not fresh else None
             try:
                 outcome = "not_modified" if fresh else "ok"
-                self.store.audit_in(
+                self.store.audit.record(
                     session, who.domain, op, who.accessor, model=model_id, sha256=row.sha256, outcome=outcome
                 )
             except BaseException:

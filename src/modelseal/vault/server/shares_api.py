@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -138,8 +139,17 @@ def add_routes(app: FastAPI, store: Store) -> None:
         except KeyServiceError as e:
             return error_response(e.status, e.code, e.message)
         if was_sealed and answer.get("sealed") is False:
+            try:
+                await run_in_threadpool(store.check_integrity)
+            except KeyServiceError as e:
+                barrier.seal()  # the database is not the one this vault wrote: serve nothing from it
+                _log.error("refusing to unseal: %s", e.message)
+                return error_response(e.status, e.code, e.message)
             await run_in_threadpool(_record_unseal, store)
         return JSONResponse(answer, headers=NO_STORE)
+
+
+_log = logging.getLogger("modelseal.vault")
 
 
 def _record_unseal(store: Store) -> None:

@@ -31,8 +31,6 @@ from typing import Any, TypeVar
 
 from sqlalchemy import (
     bindparam,
-    event,
-    insert,
     select,
 )
 from sqlalchemy.engine import Engine
@@ -40,9 +38,10 @@ from sqlalchemy.orm import Session
 
 from ...keyrelease import datakeys
 from ...keyrelease.wire import DEFAULT_DOMAIN
-from ..errors import KeyServiceError, NotFound, PermissionDenied
+from ..errors import AuditChainError, KeyServiceError, NotFound, PermissionDenied
 from . import writer_lock
-from .audit import GENESIS_HASH, canonical, chain_hash
+from .audit import AuditLog
+from .audit_anchor import AuditAnchor
 from .barrier import Barrier
 from .callers import ROLES, Principal, new_token, token_hash
 from .hot_sql import HotStatement
@@ -55,24 +54,11 @@ T = TypeVar("T")
 
 # Prebuilt statements of the hot paths (each release reads a key version and appends a record),
 # run on the DBAPI connection (hot_sql.py).
-_AUDIT_HEAD = HotStatement(
-    select(AuditRecord.seq, AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)
-)
-_ADD_AUDIT = HotStatement(insert(AuditRecord), ("seq", "time", "domain", "op", "event", "prev_hash", "hash"))
-_AUDIT_HEAD_KEY = "modelseal.audit_head"
-_AUDIT_PENDING_KEY = "modelseal.audit_pending"
 _MATERIAL = HotStatement(
     select(MasterKeyVersion.material).where(
         MasterKeyVersion.key_id == bindparam("key_id"), MasterKeyVersion.version == bindparam("version")
     )
 )
-
-
-def _insert_pending_audit(session: Session) -> None:
-    pending = session.info.get(_AUDIT_PENDING_KEY)
-    if pending:
-        _ADD_AUDIT.run_many(session, pending)
-        pending.clear()
 
 
 @dataclass(frozen=True)
@@ -116,78 +102,56 @@ def check_name(name: str) -> None:
 
 
 class Store:
-    def __init__(self, engine: Engine, barrier: Barrier) -> None:
+    def __init__(self, engine: Engine, barrier: Barrier, anchor: AuditAnchor | None = None) -> None:
         self.engine = engine
         self.barrier = barrier
+        self.audit = AuditLog(anchor)
         self._writer = engine.execution_options(vault_write=True)
         # SQLite: writers queue on a file lock before BEGIN IMMEDIATE (writer_lock.py).
         self._writer_lock = writer_lock.for_engine(engine)
 
     @contextmanager
     def write_session(self) -> Iterator[Session]:
-        with (
-            self._writer_lock(),
-            Session(self._writer, expire_on_commit=False) as session,
-            session.begin(),
-        ):
-            yield session
+        with self._writer_lock(), Session(self._writer, expire_on_commit=False) as session:
+            with session.begin():
+                yield session
+            # Still under the writer lock, so the anchor sees the heads in commit order.
+            self.audit.committed(session)
 
     @contextmanager
     def write_batch(self) -> Iterator[Session]:
-        """``write_session`` for a group of key releases: its audit records are inserted together, when
-        it commits (see audit_in). Takes no savepoints: a record pending from before one would be
-        inserted inside it."""
+        """``write_session`` for a group of key releases (AuditLog.batch)."""
         with self.write_session() as session:
-            session.info[_AUDIT_PENDING_KEY] = []
-            event.listen(session, "before_commit", _insert_pending_audit)
+            self.audit.batch(session)
             yield session
+
+    def check_integrity(self) -> None:
+        """Fail closed (AuditChainError) if the database lost what this vault committed."""
+        self.audit.check_anchor(self.engine)
+
+    def reanchor_audit(self) -> int:
+        """Anchor the current head whatever was anchored (vault audit anchor); the record anchored."""
+        anchor = self.audit.anchor
+        if anchor is None:
+            raise KeyServiceError("this store has no data folder to keep an audit anchor in")
+        try:
+            previous: dict[str, Any] = {"previous": None}
+            before = anchor.read()
+            if before is not None:
+                previous = {"previous_seq": before.seq, "previous_hash": before.hash}
+        except AuditChainError:
+            previous = {"previous": "unreadable"}
+        with self.write_session() as session:
+            self.audit.record(session, DEFAULT_DOMAIN, "audit.anchor", "cli", **previous)
+            head = self.audit.head(session)
+        assert head is not None  # the record just written
+        anchor.reset(head)
+        return head.seq
 
     @contextmanager
     def read_session(self) -> Iterator[Session]:
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
             yield session
-
-    # The audit record is added to the caller's session: it commits or rolls back with the effect.
-    def audit_in(self, session: Session, domain: str, op: str, actor: str, **details: Any) -> None:
-        # Prebuilt statements on the session's connection, after flushing the effect the record
-        # follows (HotStatement flushes): through the ORM the head read + insert + flush cost
-        # ~0.45 ms of CPU a record, a large share of a key release (group commit writes one per
-        # release). In a write_batch transaction the records are inserted in one executemany as
-        # it commits (before_commit: still in the transaction of their effects, and if the insert
-        # fails everything rolls back), one round trip on PostgreSQL instead of one per release.
-        # The head this transaction last wrote, if it wrote one: it holds the write lock, so no one
-        # else appended since (a group commit appends one record per release).
-        # Inside a savepoint nothing is remembered: a rollback to it would take the record back.
-        transaction = session.get_transaction()
-        nested = session.in_nested_transaction()
-        known = session.info.pop(_AUDIT_HEAD_KEY, None)
-        if known is not None and known[0] is transaction and not nested:
-            seq, prev = known[1] + 1, known[2]
-        else:
-            _insert_pending_audit(session)  # the head must count this transaction's records
-            head = _AUDIT_HEAD.first(session, {})
-            seq = 1 if head is None else head[0] + 1
-            prev = GENESIS_HASH if head is None else head[1]
-        when = now()
-        body = {"seq": seq, "time": when, "domain": domain, "op": op, "actor": actor, **details}
-        text = canonical(body)
-        own_hash = chain_hash(prev, text)
-        row = {
-            "seq": seq,
-            "time": when,
-            "domain": domain,
-            "op": op,
-            "event": text,
-            "prev_hash": prev,
-            "hash": own_hash,
-        }
-        pending = session.info.get(_AUDIT_PENDING_KEY)
-        if pending is not None and not nested:
-            pending.append(row)
-        else:
-            _ADD_AUDIT.run(session, row)
-        if not nested:
-            session.info[_AUDIT_HEAD_KEY] = (transaction, seq, own_hash)
 
     def secret_digest(self, purpose: str, secret: bytes) -> str:
         """How a secret appears in the audit: an HMAC under the root, never the secret."""
@@ -205,7 +169,7 @@ class Store:
     def record_refusal(self, who: Principal, op: str, target: str, error: KeyServiceError) -> None:
         try:
             with self.write_session() as session:
-                self.audit_in(session, who.domain, op, who.accessor, target=target, outcome=error.code)
+                self.audit.record(session, who.domain, op, who.accessor, target=target, outcome=error.code)
         except Exception:  # noqa: S110 - the refusal stands whether or not it could be recorded
             pass
 
@@ -223,7 +187,9 @@ class Store:
         with self.write_session() as session:
             domain_id = self.domain_id(session, domain)
             accessor = self._insert_token(session, token, "admin", domain_id, "initial admin")
-            self.audit_in(session, domain, "token.bootstrap", "init", token_accessor=accessor, role="admin")
+            self.audit.record(
+                session, domain, "token.bootstrap", "init", token_accessor=accessor, role="admin"
+            )
         return token
 
     def _insert_token(self, session: Session, token: str, role: str, domain_id: int, name: str) -> str:
@@ -268,7 +234,7 @@ class Store:
 
         def run(session: Session) -> str:
             accessor = self._insert_token(session, token, role, who.domain_id, name)
-            self.audit_in(
+            self.audit.record(
                 session, who.domain, "token.create", who.accessor, token_accessor=accessor, role=role
             )
             return accessor
@@ -345,7 +311,7 @@ class Store:
             session.add(key)
             session.flush()
             self._add_version(session, key, 1)
-            self.audit_in(session, who.domain, "key.create", who.accessor, key=name, version=1)
+            self.audit.record(session, who.domain, "key.create", who.accessor, key=name, version=1)
             return self._info(session, key)
 
         return self.operation(who, "key.create", name, run)
@@ -355,7 +321,7 @@ class Store:
             names = session.execute(
                 select(MasterKey.name).where(MasterKey.domain_id == who.domain_id).order_by(MasterKey.name)
             ).scalars()
-            self.audit_in(session, who.domain, "key.list", who.accessor)
+            self.audit.record(session, who.domain, "key.list", who.accessor)
             return list(names)
 
         return self.operation(who, "key.list", "", run)
@@ -363,7 +329,7 @@ class Store:
     def read_key(self, who: Principal, name: str) -> KeyInfo:
         def run(session: Session) -> KeyInfo:
             info = self._info(session, self._key(session, who, name))
-            self.audit_in(session, who.domain, "key.read", who.accessor, key=name)
+            self.audit.record(session, who.domain, "key.read", who.accessor, key=name)
             return info
 
         return self.operation(who, "key.read", name, run)
@@ -374,7 +340,7 @@ class Store:
             key.latest_version += 1
             self._add_version(session, key, key.latest_version)
             session.flush()
-            self.audit_in(
+            self.audit.record(
                 session, who.domain, "key.rotate", who.accessor, key=name, version=key.latest_version
             )
             return self._info(session, key)
@@ -396,7 +362,7 @@ class Store:
             if disabled is not None:
                 key.disabled = disabled
             session.flush()
-            self.audit_in(
+            self.audit.record(
                 session,
                 who.domain,
                 "key.config",
@@ -422,7 +388,7 @@ class Store:
             version = key.latest_version
             mek = os.urandom(datakeys.DATA_KEY_SIZE)
             wrapped = datakeys.wrap(self._material(session, key, version), name, version, mek)
-            self.audit_in(
+            self.audit.record(
                 session,
                 who.domain,
                 "key.datakey",
@@ -451,7 +417,7 @@ class Store:
                     status=409,
                 )
             mek = datakeys.unwrap(self._material(session, key, version), name, version, wrapped)
-            self.audit_in(
+            self.audit.record(
                 session,
                 who.domain,
                 "key.unwrap",
@@ -468,7 +434,7 @@ class Store:
     def record(self, who: Principal, op: str, **details: Any) -> None:
         """An audit record for an operation with no stored effect (seal, audit reads)."""
         with self.write_session() as session:
-            self.audit_in(session, who.domain, op, who.accessor, **details)
+            self.audit.record(session, who.domain, op, who.accessor, **details)
 
     # --- audit -----------------------------------------------------------------------------------
 

@@ -92,7 +92,7 @@ class TokenStore:
                 .order_by(Token.id)
             ).all()
             found = [_meta(token, usage) for token, usage in rows]
-            self.store.audit_in(session, who.domain, "token.list", who.accessor)
+            self.store.audit.record(session, who.domain, "token.list", who.accessor)
             return found
 
         return self.store.operation(who, "token.list", "", run)
@@ -131,7 +131,7 @@ class TokenStore:
                 token.revoked = True
                 _usage(session, token.id).revoked_at = now()
                 session.flush()
-            self.store.audit_in(
+            self.store.audit.record(
                 session,
                 who.domain,
                 "token.revoke",
