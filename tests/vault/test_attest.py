@@ -444,6 +444,7 @@ def test_migration_0004_adds_identity_and_nonces_to_an_existing_vault(tmp_path: 
     from modelseal.vault.server.barrier import KeyFileBarrier
     from modelseal.vault.server.devices import DeviceStore
     from modelseal.vault.server.engine import upgrade_schema
+    from modelseal.vault.server.row_macs import bind_unbound
     from modelseal.vault.server.store import Store
 
     engine = make_engine(sqlite_url(tmp_path))
@@ -453,7 +454,6 @@ def test_migration_0004_adds_identity_and_nonces_to_an_existing_vault(tmp_path: 
         config.attributes["connection"] = conn
         command.upgrade(config, "0003")
     store = Store(engine, KeyFileBarrier(bytes(range(32))))
-    admin = store.authenticate(store.bootstrap_admin())
     with engine.begin() as conn:  # a device made before 0004, by the 0003 schema
         conn.execute(
             text(
@@ -462,6 +462,9 @@ def test_migration_0004_adds_identity_and_nonces_to_an_existing_vault(tmp_path: 
             )
         )
     upgrade_schema(engine)
+    with store.write_session() as session:  # what `vault audit anchor` does for an older vault
+        assert bind_unbound(session, store.barrier) == 1
+    admin = store.authenticate(store.bootstrap_admin())
     devices = DeviceStore(store)
     attestation = Attestation(devices)
     assert devices.read_device(admin, "old-cam")["identity"] is None

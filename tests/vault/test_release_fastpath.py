@@ -210,7 +210,7 @@ def test_a_driver_error_is_raised_as_sqlalchemys_without_the_parameters(limited:
         device = devices.releases.find_device(session, "default", "cam0")[1]
         licence = session.execute(select(Licence.id).where(Licence.name == "l")).scalar()
         assert device is not None and licence is not None
-        params = {"licence_id": licence, "device_id": device.id}
+        params = {"licence_id": licence, "device_id": device.id, "mac": b"m" * 32}
         ADD_LICENCE_DEVICE.run(session, params)
         with pytest.raises(IntegrityError) as raised:  # the (licence, device) unique index
             ADD_LICENCE_DEVICE.run(session, params)

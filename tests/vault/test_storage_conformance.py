@@ -320,7 +320,7 @@ def test_tokens_and_roles_per_domain(vault: Vault) -> None:
             s.authenticate(token)
 
     # A second domain: same key names, separate keys, no cross-domain reads.
-    with Session(s.engine) as session, session.begin():
+    with s.write_session() as session:  # the store's session: its rows are bound (row_macs.py)
         session.add(Domain(name="tenant-b", created=now()))
         session.flush()
         other_id = session.execute(select(Domain.id).where(Domain.name == "tenant-b")).scalar_one()

@@ -37,6 +37,7 @@ from .callers import Principal
 from .device_rows import Decision
 from .devices import DeviceStore
 from .release import LOCKOUT_FAILURES, LOCKOUT_WINDOW_SECONDS
+from .row_macs import RowTampered
 from .schema import AttestNonce, Device
 from .store import Store
 
@@ -172,7 +173,10 @@ class Attestation:
         nonce = os.urandom(wire.ATTEST_NONCE_SIZE)
         at = time.time()
         with self.store.write_session() as session:
-            _, device = self.devices.releases.find_device(session, domain, name)
+            try:
+                _, device = self.devices.releases.find_device(session, domain, name)
+            except RowTampered:
+                return nonce  # unusable, like any device that may not get one (the log says why)
             if (
                 device is None
                 or device.revoked
@@ -241,7 +245,7 @@ class Attestation:
     def _decide(self, session: Session, req: AttestedRelease, at: float) -> Decision:
         decision = Decision()
         report = req.report
-        domain_id, device = self.devices.releases.find_device(session, req.domain, req.device)
+        domain_id, device = self.devices.releases.find_device_for(session, req.domain, req.device, decision)
         identity = self._identity(device)
         if identity is None:
             # The barrier work a known device's identity costs, so timing says little more.
@@ -253,7 +257,7 @@ class Attestation:
         except InvalidSignature:
             signed = False
         if device is None:
-            decision.reason = "unknown_device"
+            decision.reason = decision.reason or "unknown_device"
         elif device.revoked:
             decision.reason = "revoked"
         elif identity is None:

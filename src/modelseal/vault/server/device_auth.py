@@ -31,7 +31,8 @@ from sqlalchemy.orm import Session
 from ...keyrelease import wire
 from .device_rows import Decision, ReleaseDenied, psk_row
 from .devices import DeviceStore
-from .release import LOCKOUT_FAILURES, ReleaseDecider
+from .release import LOCKOUT_FAILURES
+from .row_macs import RowTampered
 from .schema import Device, Domain, Licence, LicenceDevice, MasterKey, Policy, ReleaseNonce
 
 T = TypeVar("T")
@@ -127,9 +128,12 @@ class DeviceRequests:
         device = None
         if domain_id is not None:
             out.domain = proof.domain
-            device = session.execute(
-                select(Device).where(Device.domain_id == domain_id, Device.name == proof.device)
-            ).scalar()
+            try:
+                device = session.execute(
+                    select(Device).where(Device.domain_id == domain_id, Device.name == proof.device)
+                ).scalar()
+            except RowTampered as e:
+                out.reason, out.details["tampered"] = "tampered_row", e.where
         barrier = self.store.barrier
         if device is None:
             # The same barrier, HMAC and failure work as a known device (as release does).
@@ -141,7 +145,7 @@ class DeviceRequests:
         mac_ok = hmac.compare_digest(wire.mac(psk, proof.mac_input()), proof.mac)
 
         if device is None:
-            out.reason = "unknown_device"
+            out.reason = out.reason or "unknown_device"
         elif device.revoked:
             out.reason = "revoked"
         elif not mac_ok:
@@ -224,7 +228,10 @@ class DeviceRequests:
                 device = self._authenticate(session, proof, at, out)
                 result: T | None = None
                 if out.reason is None and device is not None:
-                    result = decide(session, device, at, out)
+                    try:
+                        result = decide(session, device, at, out)
+                    except RowTampered as e:
+                        out.reason, out.details["tampered"], result = "tampered_row", e.where, None
                 self.record(session, op, proof, device, out, ok)
         except IntegrityError:
             # Only the (device, nonce) index can refuse here: a concurrent twin committed first.
@@ -312,11 +319,10 @@ class DeviceRequests:
             "",
         )
 
-    @staticmethod
-    def _licence_refusal(session: Session, lic: Licence, device_id: int, at: float) -> str | None:
+    def _licence_refusal(self, session: Session, lic: Licence, device_id: int, at: float) -> str | None:
         if lic.not_after is not None and at > lic.not_after:
             return "licence_expired"
-        if lic.max_devices is not None and not ReleaseDecider.knows(session, lic.id, device_id):
+        if lic.max_devices is not None and not self.devices.releases.knows(session, lic.id, device_id):
             count = session.execute(
                 select(func.count(LicenceDevice.id)).where(LicenceDevice.licence_id == lic.id)
             ).scalar()

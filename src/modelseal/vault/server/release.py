@@ -26,7 +26,9 @@ from ...keyrelease import datakeys, wire
 from ...keyrelease.wire import DEFAULT_DOMAIN
 from ..errors import KeyServiceError
 from . import release_sql as sql
+from . import row_macs
 from .device_rows import Decision, ReleaseDenied, identity_of, psk_row
+from .row_macs import BARRIER_KEY, RowTampered, check_row
 from .schema import Device, Licence, MasterKey, Policy
 from .store import Store
 
@@ -77,10 +79,15 @@ def _count_use(session: Session, licence_id: int) -> None:
     uses[licence_id] = uses.get(licence_id, 0) + 1
 
 def _write_uses(session: Session) -> None:
-    uses = _reads(session).uses
-    for licence_id, count in uses.items():
-        sql.USE_LICENCE.run(session, {"licence_id": licence_id, "count": count})
-    uses.clear()
+    reads = _reads(session)
+    barrier = session.info[BARRIER_KEY]
+    # The Licence snapshots hold the counts as this transaction (the one writer) made them.
+    snapshots = {lic.id: lic for found in reads.licences.values() for lic in found}
+    for licence_id in reads.uses:
+        lic = snapshots[licence_id]
+        mac = row_macs.row_mac(barrier, "licences", row_macs.fields_of(lic))
+        sql.USE_LICENCE.run(session, {"licence_id": licence_id, "uses": lic.uses, "mac": mac})
+    reads.uses.clear()
 
 @dataclass(frozen=True)
 class ReleaseRequest:
@@ -232,8 +239,20 @@ class ReleaseDecider:
             return None, None
         if (domain_id, name) not in reads.devices:
             row = sql.DEVICE.mapping(session, {"domain_id": domain_id, "name": name})
+            if row is not None:
+                check_row(self.store.barrier, "devices", row)
             reads.devices[domain_id, name] = Device(**row) if row is not None else None
         return domain_id, reads.devices[domain_id, name]
+
+    def find_device_for(
+        self, session: Session, domain: str, name: str, decision: Decision
+    ) -> tuple[int | None, Device | None]:
+        """``find_device`` for a decision: a tampered row refuses it (reason ``tampered_row``)."""
+        try:
+            return self.find_device(session, domain, name)
+        except RowTampered as e:
+            decision.reason, decision.details["tampered"] = "tampered_row", e.where
+            return None, None
 
     def count_failure(self, session: Session, subject: str, at: float) -> None:
         """A failed proof (wrong MAC, bad report signature, unknown name): towards a lockout."""
@@ -286,7 +305,7 @@ class ReleaseDecider:
 
     def _decide(self, session: Session, req: ReleaseRequest, at: float) -> Decision:
         decision = Decision()
-        domain_id, device = self.find_device(session, req.domain, req.device)
+        domain_id, device = self.find_device_for(session, req.domain, req.device, decision)
         if device is None:
             # Same barrier, HMAC and failure work as a known device, so response time says as
             # little as the response body about whether the id exists.
@@ -298,7 +317,7 @@ class ReleaseDecider:
         mac_ok = hmac.compare_digest(wire.mac(psk, req.mac_input()), req.mac)
 
         if device is None:
-            decision.reason = "unknown_device"
+            decision.reason = decision.reason or "unknown_device"
         elif device.revoked:
             decision.reason = "revoked"
         elif not mac_ok:
@@ -348,12 +367,23 @@ class ReleaseDecider:
     def authorize_and_seal(
         self, session: Session, device: Device, req: ReleaseTarget, at: float, decision: Decision
     ) -> None:
+        """Policy, licences and key for ``device``; seals the file key into ``decision`` if allowed.
+        A tampered row among them refuses the release (reason ``tampered_row``), nothing counted."""
+        try:
+            self._authorize_and_seal(session, device, req, at, decision)
+        except RowTampered as e:
+            decision.reason, decision.details["tampered"], decision.sealed = "tampered_row", e.where, None
+
+    def _authorize_and_seal(
+        self, session: Session, device: Device, req: ReleaseTarget, at: float, decision: Decision
+    ) -> None:
+        barrier = self.store.barrier
         reads = _reads(session)
         groups = set(json.loads(device.groups))
         where = (device.domain_id, req.key_name)
         if where not in reads.policies:
             rows = sql.POLICIES.mappings(session, {"domain_id": device.domain_id, "key_name": req.key_name})
-            reads.policies[where] = [Policy(**row) for row in rows]
+            reads.policies[where] = [Policy(**check_row(barrier, "policies", row)) for row in rows]
         policies = [
             p
             for p in reads.policies[where]
@@ -369,7 +399,7 @@ class ReleaseDecider:
             # for any writer that might one day skip the lock.
             if policy.id not in reads.licences:
                 rows = sql.LICENCES.mappings(session, {"policy_id": policy.id})
-                reads.licences[policy.id] = [Licence(**row) for row in rows]
+                reads.licences[policy.id] = [Licence(**check_row(barrier, "licences", row)) for row in rows]
             found = reads.licences[policy.id]
             checked = [(lic, self._licence_refusal(session, lic, device.id, at)) for lic in found]
             refusal = next((r for _, r in checked if r is not None), None)
@@ -386,7 +416,8 @@ class ReleaseDecider:
 
         if where not in reads.keys:
             row = sql.MASTER_KEY.mapping(session, {"domain_id": device.domain_id, "name": req.key_name})
-            reads.keys[where] = MasterKey(**row) if row is not None else None
+            key_row = check_row(barrier, "master_keys", row) if row is not None else None
+            reads.keys[where] = MasterKey(**key_row) if key_row is not None else None
         key = reads.keys[where]
         if key is None:
             decision.reason = "unknown_key"
@@ -417,15 +448,18 @@ class ReleaseDecider:
             _count_use(session, lic.id)
             lic.uses += 1
             if not known:
-                sql.ADD_LICENCE_DEVICE.run(session, {"licence_id": lic.id, "device_id": device.id})
+                pair = {"licence_id": lic.id, "device_id": device.id}
+                mac = row_macs.row_mac(barrier, "licence_devices", pair)
+                sql.ADD_LICENCE_DEVICE.run(session, pair | {"mac": mac})
                 reads.knows[lic.id, device.id] = True
                 if lic.id in reads.licence_devices:
                     reads.licence_devices[lic.id] += 1
         decision.details["data_key_hmac"] = self.store.secret_digest("data key", mek)
 
-    @staticmethod
-    def knows(session: Session, licence_id: int, device_id: int) -> bool:
-        found = sql.KNOWS.first(session, {"licence_id": licence_id, "device_id": device_id})
+    def knows(self, session: Session, licence_id: int, device_id: int) -> bool:
+        found = sql.KNOWS.mapping(session, {"licence_id": licence_id, "device_id": device_id})
+        if found is not None:
+            check_row(self.store.barrier, "licence_devices", found)
         return found is not None
 
     def _known(self, session: Session, licence_id: int, device_id: int) -> bool:

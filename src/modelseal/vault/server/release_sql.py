@@ -58,18 +58,19 @@ LICENCES = HotStatement(
     .with_for_update()
 )
 KNOWS = HotStatement(
-    select(LicenceDevice.id).where(
+    select(LicenceDevice.licence_id, LicenceDevice.device_id, LicenceDevice.mac).where(
         LicenceDevice.licence_id == bindparam("licence_id"), LicenceDevice.device_id == bindparam("device_id")
     )
 )
 LICENCE_DEVICES = HotStatement(
     select(func.count(LicenceDevice.id)).where(LicenceDevice.licence_id == bindparam("licence_id"))
 )
-ADD_LICENCE_DEVICE = HotStatement(insert(LicenceDevice), ("licence_id", "device_id"))
+ADD_LICENCE_DEVICE = HotStatement(insert(LicenceDevice), ("licence_id", "device_id", "mac"))
+# Absolute, not uses + n: the row's MAC (row_macs.py) is computed over the new count.
 USE_LICENCE = HotStatement(
     update(Licence)
     .where(Licence.id == bindparam("licence_id"))
-    .values(uses=Licence.uses + bindparam("count"))
+    .values(uses=bindparam("uses"), mac=bindparam("mac"))
 )
 MASTER_KEY = HotStatement(
     select(MasterKey.__table__).where(

@@ -30,6 +30,8 @@ class Domain(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     created: Mapped[str] = mapped_column(String(32))
+    mac: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # row_macs.py
+
 
 class MasterKey(Base):
     __tablename__ = "master_keys"
@@ -43,6 +45,8 @@ class MasterKey(Base):
     min_decryption_version: Mapped[int] = mapped_column(Integer, default=1)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     deletion_allowed: Mapped[bool] = mapped_column(Boolean, default=False)
+    mac: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # row_macs.py
+
 
 class MasterKeyVersion(Base):
     __tablename__ = "master_key_versions"
@@ -63,6 +67,8 @@ class Token(Base):
     display_name: Mapped[str] = mapped_column(String(128), default="")
     created: Mapped[str] = mapped_column(String(32))
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    mac: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # row_macs.py
+
 
 class TokenUsage(Base):
     """Migration 0005 (tokens.py): a token's last use (to the minute) and when it was revoked.
@@ -105,6 +111,8 @@ class Device(Base):
     identity: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     identity_generation: Mapped[int] = mapped_column(Integer, default=0)
     identity_enrolled: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    mac: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # row_macs.py
+
 
 class AuthFailure(Base):
     """A failed proof towards a lockout, keyed by the claimed (domain, name), not by a device row.
@@ -148,6 +156,8 @@ class Policy(Base):
     groups: Mapped[str] = mapped_column(Text)  # JSON list
     created: Mapped[str] = mapped_column(String(32))
     updated: Mapped[str] = mapped_column(String(32))
+    mac: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # row_macs.py
+
 
 class Licence(Base):
     __tablename__ = "licences"
@@ -161,6 +171,8 @@ class Licence(Base):
     max_uses: Mapped[int | None] = mapped_column(Integer, nullable=True)
     max_devices: Mapped[int | None] = mapped_column(Integer, nullable=True)
     uses: Mapped[int] = mapped_column(Integer, default=0)
+    mac: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # row_macs.py
+
 
 class LicenceDevice(Base):
     __tablename__ = "licence_devices"
@@ -168,3 +180,4 @@ class LicenceDevice(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     licence_id: Mapped[int] = mapped_column(ForeignKey("licences.id"))
     device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"))
+    mac: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # row_macs.py

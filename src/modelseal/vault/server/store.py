@@ -39,12 +39,13 @@ from sqlalchemy.orm import Session
 from ...keyrelease import datakeys
 from ...keyrelease.wire import DEFAULT_DOMAIN
 from ..errors import AuditChainError, KeyServiceError, NotFound, PermissionDenied
-from . import writer_lock
+from . import row_macs, writer_lock
 from .audit import AuditLog
 from .audit_anchor import AuditAnchor
 from .barrier import Barrier
 from .callers import ROLES, Principal, new_token, token_hash
 from .hot_sql import HotStatement
+from .row_macs import BARRIER_KEY, RowTampered
 from .schema import AuditRecord, Domain, MasterKey, MasterKeyVersion, Token, now
 
 KEY_TYPES = ("aes256-gcm",)
@@ -113,6 +114,7 @@ class Store:
     @contextmanager
     def write_session(self) -> Iterator[Session]:
         with self._writer_lock(), Session(self._writer, expire_on_commit=False) as session:
+            session.info[BARRIER_KEY] = self.barrier  # rows that decide are bound and checked
             with session.begin():
                 yield session
             # Still under the writer lock, so the anchor sees the heads in commit order.
@@ -126,14 +128,21 @@ class Store:
             yield session
 
     def check_integrity(self) -> None:
-        """Fail closed (AuditChainError) if the database lost what this vault committed."""
+        """Fail closed if the database lost what this vault committed (AuditChainError) or holds
+        rows that decide access without a MAC (RowTampered)."""
         self.audit.check_anchor(self.engine)
+        with self.read_session() as session:
+            unbound = row_macs.unbound(session)
+        if unbound:
+            table, row = unbound[0]
+            raise RowTampered(table, f"{row} (and {len(unbound) - 1} more)" if len(unbound) > 1 else row)
 
     def reanchor_audit(self) -> int:
         """Anchor the current head whatever was anchored (vault audit anchor); the record anchored."""
         anchor = self.audit.anchor
         if anchor is None:
             raise KeyServiceError("this store has no data folder to keep an audit anchor in")
+        before = None
         try:
             previous: dict[str, Any] = {"previous": None}
             before = anchor.read()
@@ -142,7 +151,11 @@ class Store:
         except AuditChainError:
             previous = {"previous": "unreadable"}
         with self.write_session() as session:
-            self.audit.record(session, DEFAULT_DOMAIN, "audit.anchor", "cli", **previous)
+            # Rows of a vault made before row MACs are bound as they are (the operator vouches for
+            # them); a vault that had an anchor binds every row itself, so there a row without one
+            # was changed outside the vault and stays refused.
+            bound = row_macs.bind_unbound(session, self.barrier) if before is None else 0
+            self.audit.record(session, DEFAULT_DOMAIN, "audit.anchor", "cli", rows_bound=bound, **previous)
             head = self.audit.head(session)
         assert head is not None  # the record just written
         anchor.reset(head)
@@ -151,6 +164,7 @@ class Store:
     @contextmanager
     def read_session(self) -> Iterator[Session]:
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            session.info[BARRIER_KEY] = self.barrier
             yield session
 
     def secret_digest(self, purpose: str, secret: bytes) -> str:
@@ -162,7 +176,7 @@ class Store:
             with self.write_session() as session:
                 return fn(session)
         except KeyServiceError as e:
-            if e.status in (400, 403, 404, 409):
+            if e.status in (400, 403, 404, 409) or isinstance(e, RowTampered):
                 self.record_refusal(who, op, target, e)
             raise
 
