@@ -29,9 +29,6 @@ from vault.conftest import (
 from vault.postgres import PostgresServer
 from vault.release_helpers import device, seal_model, unique
 
-from modelseal.vault.server.audit import verify_audit
-from modelseal.vault.server.engine import make_engine, sqlite_url
-
 from .vault_load import Answer, Load, audit_events
 
 DEVICES = 6
@@ -139,11 +136,8 @@ def check(
         # One record per answer: a release is answered 200 only with its `released` record.
         assert outcomes[name]["released"] == statuses[name][200], (name, outcomes[name], statuses[name])
         assert outcomes[name]["revoked"] == statuses[name][403], (name, outcomes[name], statuses[name])
-    engine = make_engine(server.database_url or sqlite_url(server.data))
-    try:
-        assert verify_audit(engine) >= len(events)
-    finally:
-        engine.dispose()
+    with server.client() as admin:
+        assert admin.verify_audit()["records"] >= len(events)
 
 
 def test_revocation_under_load(server: VaultServer, tmp_path: Path) -> None:

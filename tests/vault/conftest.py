@@ -67,10 +67,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(folder: Path, database_url: str | None = None) -> VaultServer:
+def start_server(
+    folder: Path, database_url: str | None = None, flags: tuple[str, ...] = ()
+) -> VaultServer:
     data = folder / "vault"
     datadir.init(data, database_url=database_url)
-    return serve_process(data, folder / "server.log", database_url)
+    return serve_process(data, folder / "server.log", database_url, flags)
 
 
 def tls_context(server: VaultServer, client_cert: tuple[Path, Path] | None = None) -> ssl.SSLContext:

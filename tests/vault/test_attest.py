@@ -15,6 +15,7 @@ import os
 import ssl
 import struct
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,15 +36,25 @@ from modelseal.device.server import DeviceService
 from modelseal.keyrelease import wire
 from modelseal.keyrelease.report import Report, request_digest
 from modelseal.vault.errors import PermissionDenied
-from modelseal.vault.server.audit import verify_audit
 from modelseal.vault.server.engine import make_engine, sqlite_url
 from modelseal.vault.server.http_common import DENIED_BODY
 
-from .conftest import VaultServer
+from .conftest import VaultServer, start_server, stop_server
 from .release_helpers import Sealed, build_request, device, encodings, post, seal_model, unique
 
 MEASUREMENT = hashlib.sha256(b"card firmware 1").digest()
 
+
+
+@pytest.fixture(scope="module")
+def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VaultServer]:
+    """This module's own vault, which lets the tests open its SQLite file while it runs (they move
+    challenges back in time and count their rows)."""
+    server = start_server(tmp_path_factory.mktemp("attest-vault"), flags=("--sqlite-shared",))
+    try:
+        yield server
+    finally:
+        stop_server(server)
 
 def raw(key: Ed25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
@@ -138,7 +149,7 @@ def audit_head(vault: VaultServer) -> int:
 
 def expire(vault: VaultServer, nonce: bytes) -> None:
     """Time travel for one challenge: its expiry moved 2 minutes into the past."""
-    engine = make_engine(sqlite_url(vault.data))
+    engine = make_engine(sqlite_url(vault.data), shared_sqlite=True)
     try:
         with engine.begin() as conn:
             changed = conn.execute(
@@ -357,11 +368,8 @@ def test_every_refusal_is_the_same_403_and_audited(vault: VaultServer, key_name:
     assert expected <= set(reasons), expected - set(reasons)
     assert reasons.count((name, "bad_signature")) == 2  # forged, and another device's key
     assert reasons.count((name, "unknown_nonce")) == 2  # never issued, and issued to `other`
-    engine = make_engine(sqlite_url(vault.data))
-    try:
-        assert verify_audit(engine) >= len(reasons)
-    finally:
-        engine.dispose()
+    with vault.client() as admin:
+        assert admin.verify_audit()["records"] >= len(reasons)
 
 
 def test_a_refused_report_still_consumes_its_nonce(vault: VaultServer, key_name: str, tmp_path: Path) -> None:
@@ -486,7 +494,7 @@ def test_challenges_per_device_are_bounded(vault: VaultServer, key_name: str, tm
     first = challenge(vault, name)
     for _ in range(40):
         last = challenge(vault, name)
-    engine = make_engine(sqlite_url(vault.data))
+    engine = make_engine(sqlite_url(vault.data), shared_sqlite=True)
     try:
         with engine.connect() as conn:
             rows = conn.execute(

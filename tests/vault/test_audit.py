@@ -13,6 +13,7 @@ from modelseal.cli.main import main
 from modelseal.vault.errors import AuditChainError
 from modelseal.vault.server import datadir
 from modelseal.vault.server.audit import chain_hash, verify_audit
+from modelseal.vault.server.engine import sqlite_file
 from modelseal.vault.server.store import Store
 
 
@@ -24,7 +25,7 @@ def store(tmp_path: Path) -> Store:
 
 def session(store: Store) -> None:
     admin = store.authenticate(
-        (Path(str(store.engine.url.database)).parent / "admin.token").read_text().strip()
+        (data_of(store) / "admin.token").read_text().strip()
     )
     store.create_key(admin, "k")
     dk = store.datakey(admin, "k", plaintext=True)
@@ -33,8 +34,15 @@ def session(store: Store) -> None:
     store.list_keys(admin)
 
 
+def data_of(store: Store) -> Path:
+    database = sqlite_file(store.engine)
+    assert database is not None
+    return database.parent
+
+
 def db(store: Store) -> sqlite3.Connection:
-    return sqlite3.connect(str(store.engine.url.database))
+    # In this process, beside the store: the same VFS, which holds the file for this process only.
+    return sqlite3.connect(f"file:{data_of(store) / 'vault.db'}?vfs=unix-excl", uri=True)
 
 
 def test_every_operation_is_chained(store: Store) -> None:
@@ -70,7 +78,7 @@ def test_modified_record_with_fixed_hash_is_detected_by_the_next(store: Store) -
 
 def test_deleted_record_is_detected(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
     session(store)
-    data = Path(str(store.engine.url.database)).parent
+    data = data_of(store)
     assert main(["vault", "audit", "verify", "--data", str(data)]) == 0
     store.engine.dispose()
     with db(store) as conn:
@@ -81,7 +89,7 @@ def test_deleted_record_is_detected(store: Store, capsys: pytest.CaptureFixture[
 
 def test_no_effect_without_its_audit_record(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     admin = store.authenticate(
-        (Path(str(store.engine.url.database)).parent / "admin.token").read_text().strip()
+        (data_of(store) / "admin.token").read_text().strip()
     )
     store.create_key(admin, "k")
 
@@ -106,7 +114,7 @@ def test_concurrent_writers_keep_one_chain(store: Store) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     admin = store.authenticate(
-        (Path(str(store.engine.url.database)).parent / "admin.token").read_text().strip()
+        (data_of(store) / "admin.token").read_text().strip()
     )
 
     def create(i: int) -> None:

@@ -50,7 +50,7 @@ def new_vault(tmp_path: Path, keys: int = 5) -> Path:
 def sql(data: Path, *statements: str) -> list[tuple[object, ...]]:
     """Edit the database as its thief would (no root key): plain SQL on the file. Returns the rows
     of the last statement."""
-    db = sqlite3.connect(data / "vault.db")
+    db = sqlite3.connect(f"file:{data / 'vault.db'}?vfs=unix-excl", uri=True)
     try:
         with db:
             rows = [db.execute(statement).fetchall() for statement in statements]

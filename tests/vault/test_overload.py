@@ -23,8 +23,6 @@ import pytest
 from modelseal.vault.server import datadir
 from modelseal.vault.server.admission import ReleaseSettings
 from modelseal.vault.server.app import create_app
-from modelseal.vault.server.audit import verify_audit
-from modelseal.vault.server.engine import make_engine, sqlite_url
 
 from .conftest import VaultServer, _free_port, stop_server
 from .release_helpers import build_request, device, local_vault, open_answer, seal_model
@@ -126,11 +124,8 @@ def test_flood_gets_429_and_503_with_retry_after_and_the_vault_keeps_serving(
     # Every 200 has its record and nothing else was released; the chain holds.
     records = released_records(small_vault)
     assert [r["outcome"] for r in records] == ["released"] * (statuses.count(200) + 5)
-    engine = make_engine(sqlite_url(small_vault.data))
-    try:
-        assert verify_audit(engine) >= len(records)
-    finally:
-        engine.dispose()
+    with small_vault.client() as admin:
+        assert admin.verify_audit()["records"] >= len(records)
     assert small_vault.process.poll() is None
 
 

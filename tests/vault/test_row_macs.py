@@ -40,7 +40,7 @@ class Scene:
         return self.local.devices.releases.release(parse_release(json.dumps(body).encode()))
 
     def sql(self, statement: str) -> None:
-        db = sqlite3.connect(self.db)
+        db = sqlite3.connect(f"file:{self.db}?vfs=unix-excl", uri=True)
         try:
             with db:
                 assert db.execute(statement).rowcount >= 1, statement
@@ -48,7 +48,7 @@ class Scene:
             db.close()
 
     def last_outcome(self) -> dict[str, object]:
-        db = sqlite3.connect(self.db)
+        db = sqlite3.connect(f"file:{self.db}?vfs=unix-excl", uri=True)
         try:
             (event,) = db.execute("SELECT event FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         finally:

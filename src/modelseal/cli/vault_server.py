@@ -83,6 +83,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         metrics_public=args.metrics_public,
         client_ca=args.client_ca,
         client_cert_required=args.client_cert_required,
+        sqlite_shared=args.sqlite_shared,
     )
 
 
@@ -274,6 +275,13 @@ def add_server_commands(groups: Subcommands) -> None:
         "--client-cert-required",
         action="store_true",
         help="with --client-ca: refuse TLS connections without a valid client certificate",
+    )
+    p.add_argument(
+        "--sqlite-shared",
+        action="store_true",
+        help="let other processes open the SQLite file while the vault runs (inspection tools); by "
+        "default the vault holds it alone and keeps the WAL index in memory, so a truncated or "
+        "read-only file cannot crash it",
     )
     p.set_defaults(func=cmd_serve, own_signals=True)
 

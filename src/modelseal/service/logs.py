@@ -21,14 +21,20 @@ _lock = threading.Lock()
 class JsonLog:
     def __init__(self, stream: IO[str] | None = None) -> None:
         self._stream = stream
+        self.dropped = 0  # lines that could not be written (a full disk under a log file)
 
     def event(self, event: str, *, level: str = "info", **fields: Any) -> None:
         record = {"ts": round(time.time(), 3), "level": level, "event": event, **fields}
         line = json.dumps(record, separators=(",", ":"), default=str) + "\n"
         stream = self._stream or sys.stderr
         with _lock:
-            stream.write(line)
-            stream.flush()
+            try:
+                stream.write(line)
+                stream.flush()
+            except (OSError, ValueError):
+                # A log that can't be written must not fail the request it describes (ENOSPC under
+                # a log file, a closed pipe): the line is lost, the answer is not.
+                self.dropped += 1
 
 
 class JsonLogHandler(logging.Handler):

@@ -328,6 +328,11 @@ class VaultClient:
         records = self._call("GET", "/audit", params={"after": after, "limit": limit})["records"]
         return [dict(r) for r in records]
 
+    def verify_audit(self) -> dict[str, Any]:
+        """The running vault checks its whole chain and anchor: ``{"records": n, "anchored": seq}``;
+        a broken chain raises KeyServiceError (code ``audit_chain_broken``)."""
+        return dict(self._call("GET", "/audit/verify"))
+
     # --- lease checks and the model repository ----------------------------------------------------
     # ``headers`` are a device's five X-Modelseal-* headers (wire.device_headers) for exactly
     # this request: method, path ("/v1/..." as sent) and body bytes are what they MAC.

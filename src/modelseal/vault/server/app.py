@@ -14,6 +14,7 @@ from typing import Annotated
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 
 from ...service.http import error_response
 from ...service.logs import JsonLog
@@ -34,6 +35,7 @@ from . import (
 from .admission import ReleaseGate, ReleaseSettings
 from .callers import Principal
 from .devices import DeviceStore
+from .engine import storage_error
 from .http_common import (
     API_PREFIX,
 )
@@ -64,6 +66,19 @@ def create_app(
     @app.exception_handler(KeyServiceError)
     async def _serviceerror_response(_: Request, exc: KeyServiceError) -> JSONResponse:
         return error_response(exc.status, exc.code, exc.message)
+
+    @app.exception_handler(DBAPIError)
+    async def _storage_error(_: Request, exc: DBAPIError) -> JSONResponse:
+        # The driver's first line only: SQLAlchemy's text adds the statement and a link.
+        error = storage_error(exc)
+        (log or JsonLog()).event("storage_error", level="error", code=error.code, message=error.message)
+        return error_response(error.status, error.code, error.message)
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception) -> JSONResponse:
+        # Never a bare 500 or a traceback: the documented shape, the exception's type in the log.
+        (log or JsonLog()).event("internal_error", level="error", error=type(exc).__name__)
+        return error_response(500, "internal_error", "the vault failed to handle the request (logged)")
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

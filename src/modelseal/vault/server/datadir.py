@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ...errors import KeyFileError, OutputError, UsageError
-from ..errors import KeyServiceError
+from ..errors import KeyServiceError, Unavailable
 from . import tls
 from .audit_anchor import ANCHOR_FILE, AuditAnchor
 from .barrier import ROOT_KEY_SIZE, Barrier, KeyFileBarrier, RootBarrier, create_root_key
@@ -90,14 +90,21 @@ class DataDir:
             shamir_root.wipe(root)
 
     def open_store(
-        self, database_url: str | None = None, *, barrier: Barrier | None = None, check: bool = True
+        self,
+        database_url: str | None = None,
+        *,
+        barrier: Barrier | None = None,
+        check: bool = True,
+        shared_sqlite: bool = False,
     ) -> Store:
         """Barrier from the root (unless given), engine, schema upgraded to head; unless ``check`` is
         False, the database must hold what this folder's anchor says was committed (a sealed
         barrier is checked when it unseals)."""
         config = self.config()
+        if database_url is None:
+            self.check_writable()
         barrier = barrier or self.barrier(config)
-        engine = make_engine(database_url or sqlite_url(self.path))
+        engine = make_engine(database_url or sqlite_url(self.path), shared_sqlite=shared_sqlite)
         try:
             upgrade_schema(engine)
             store = Store(engine, barrier, AuditAnchor(self.path / ANCHOR_FILE, barrier))
@@ -109,13 +116,24 @@ class DataDir:
         return store
 
 
+    def check_writable(self) -> None:
+        """The SQLite database lives here: refuse a folder the vault could not write (one line,
+        before SQLite's own "unable to open database file")."""
+        read_only = bool(os.statvfs(self.path).f_flag & os.ST_RDONLY)
+        if read_only or not os.access(self.path, os.W_OK):
+            why = "on a read-only filesystem" if read_only else "not writable"
+            raise Unavailable(
+                f"the data folder {self.path} is {why}: the vault writes its database and WAL there",
+                code="storage_read_only",
+            )
+
+
 def refuse_used_database(url: str) -> None:
     """A shared database (PostgreSQL) may already hold a vault: a second `init` would add an admin
     and a root key that can't open its secrets. Checked before anything is created in DIR."""
     from sqlalchemy import inspect, text
     from sqlalchemy.exc import OperationalError
 
-    from ..errors import Unavailable
     from .engine import driver_reason
 
     engine = make_engine(url)
@@ -226,6 +244,7 @@ def serve(
     metrics_public: bool = False,
     client_ca: str | os.PathLike[str] | None = None,
     client_cert_required: bool = False,
+    sqlite_shared: bool = False,
 ) -> None:
     import uvicorn
 
@@ -240,7 +259,7 @@ def serve(
     # Model blobs default to DIR/models; replicas sharing one database need one shared --models-dir.
     models = str(models_dir) if models_dir is not None else str(data.path / MODELS_DIR)
     app = create_app(
-        data.open_store(database_url),
+        data.open_store(database_url, shared_sqlite=sqlite_shared),
         models_dir=models,
         max_model_size=max_model_size,
         release_settings=release_settings,

@@ -22,11 +22,12 @@ PG_WRITE_LOCK = 0x6D7365616C763031
 def sqlite_url(data_dir: str | os.PathLike[str]) -> str:
     return f"sqlite:///{Path(data_dir) / 'vault.db'}"
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, shared_sqlite: bool = False) -> Engine:
     """An engine for SQLite or PostgreSQL (psycopg 3); any other database is refused.
 
     Only these two are held to the writer serialisation above; another dialect would fork the
-    audit chain under concurrency, so it fails closed here.
+    audit chain under concurrency, so it fails closed here. A SQLite file is held exclusively by
+    this process unless ``shared_sqlite`` (`vault serve --sqlite-shared`, for inspection tools).
     """
     try:
         parsed = make_url(url)
@@ -54,9 +55,25 @@ def make_engine(url: str) -> Engine:
             raise RuntimeUnavailableError("psycopg", "vault") from None
         _configure_postgresql(engine)
         return engine
+    database = parsed.database
+    if database and database != ":memory:" and not database.startswith("file:") and not shared_sqlite:
+        # The unix-excl VFS: this process holds the database exclusively (one vault process per
+        # SQLite file; PostgreSQL is the database for several) and keeps the WAL index in its heap,
+        # so there is no mapped -shm file that a truncation, a full disk or a read-only remount
+        # could turn into SIGBUS. Its connections share that index, so WAL readers still run
+        # beside the writer.
+        parsed = parsed.set(database=f"file:{database}", query={"vfs": "unix-excl", "uri": "true"})
     engine = create_engine(parsed)
     _configure_sqlite(engine)
     return engine
+
+
+def sqlite_file(engine: Engine) -> Path | None:
+    """The SQLite database file of ``engine`` (None for PostgreSQL or an in-memory database)."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return None
+    return Path(database.removeprefix("file:").split("?", 1)[0])
 
 def _configure_postgresql(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
@@ -71,10 +88,10 @@ def _configure_sqlite(engine: Engine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         for pragma in (
+            "busy_timeout=10000",  # first: the next pragma already waits for a lock
             "journal_mode=WAL",
             "synchronous=FULL",  # an acknowledged key or audit record survives power loss
             "foreign_keys=ON",
-            "busy_timeout=10000",
         ):
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
@@ -99,9 +116,22 @@ def upgrade_schema(engine: Engine) -> None:
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
     except OperationalError as e:
-        raise Unavailable(
-            f"the database is not reachable: {driver_reason(e)}", code="storage_unavailable"
-        ) from None
+        raise storage_error(e) from None
+
+def storage_error(error: DBAPIError) -> Unavailable:
+    """What a client or the CLI is told when the database refuses: one line, the documented shape."""
+    reason = driver_reason(error)
+    if "locked" in reason:
+        return Unavailable(
+            f"the database is in use ({reason}): a running vault holds its SQLite file; stop it first",
+            code="storage_locked",
+        )
+    if "readonly" in reason or "read-only" in reason:
+        return Unavailable(f"the database is read-only ({reason})", code="storage_read_only")
+    if "full" in reason:
+        return Unavailable(f"the database's disk is full ({reason})", code="storage_full")
+    return Unavailable(f"the database is not reachable: {reason}", code="storage_unavailable")
+
 
 def driver_reason(error: DBAPIError) -> str:
     """The driver's first line (libpq and sqlite never echo a password); not SQLAlchemy's, which

@@ -34,19 +34,22 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from ...keyrelease import datakeys
 from ...keyrelease.wire import DEFAULT_DOMAIN
-from ..errors import AuditChainError, KeyServiceError, NotFound, PermissionDenied
+from ..errors import AuditChainError, KeyServiceError, NotFound, PermissionDenied, Unavailable
 from . import row_macs, writer_lock
 from .audit import AuditLog
 from .audit_anchor import AuditAnchor
 from .barrier import Barrier
 from .callers import ROLES, Principal, new_token, token_hash
+from .engine import sqlite_file, storage_error
 from .hot_sql import HotStatement
 from .row_macs import BARRIER_KEY, RowTampered
 from .schema import AuditRecord, Domain, MasterKey, MasterKeyVersion, Token, now
+from .storage_guard import MIN_FREE_BYTES, StorageGuard
 
 KEY_TYPES = ("aes256-gcm",)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -110,13 +113,18 @@ class Store:
         self._writer = engine.execution_options(vault_write=True)
         # SQLite: writers queue on a file lock before BEGIN IMMEDIATE (writer_lock.py).
         self._writer_lock = writer_lock.for_engine(engine)
+        self.guard = StorageGuard(sqlite_file(engine), self._checkpoint)
+        self.guard.watch(engine)
 
     @contextmanager
     def write_session(self) -> Iterator[Session]:
+        self.guard.check()
         with self._writer_lock(), Session(self._writer, expire_on_commit=False) as session:
             session.info[BARRIER_KEY] = self.barrier  # rows that decide are bound and checked
             with session.begin():
                 yield session
+            # A commit into a WAL someone deleted would be gone at the next start: not acknowledged.
+            self.guard.check()
             # Still under the writer lock, so the anchor sees the heads in commit order.
             self.audit.committed(session)
 
@@ -136,6 +144,27 @@ class Store:
         if unbound:
             table, row = unbound[0]
             raise RowTampered(table, f"{row} (and {len(unbound) - 1} more)" if len(unbound) > 1 else row)
+
+    def _checkpoint(self) -> str:
+        """Copy every committed transaction from the WAL into the database file (StorageGuard)."""
+        with self._writer_lock(), self.engine.connect() as conn:
+            busy, _frames, _done = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
+        if busy:
+            return "the checkpoint was blocked: some commits may be only in the deleted WAL"
+        return "every committed transaction is in the database file; restart the vault"
+
+    def check_writable(self) -> None:
+        """Raise Unavailable unless a write transaction could commit now (readiness)."""
+        self.guard.check()
+        free = self.guard.free_bytes()
+        if free is not None and free < MIN_FREE_BYTES:
+            raise Unavailable(f"the database's disk is full ({free} bytes free)", code="storage_full")
+        try:
+            with self._writer_lock(), self._writer.connect() as conn, conn.begin():
+                pass  # BEGIN IMMEDIATE / the writers' lock: refused on a read-only or locked database
+        except DBAPIError as e:
+            raise storage_error(e) from None
+        self.guard.check()
 
     def reanchor_audit(self) -> int:
         """Anchor the current head whatever was anchored (vault audit anchor); the record anchored."""

@@ -7,10 +7,11 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
 from ...service.http import error_response
+from ..errors import KeyServiceError
 from . import shares_api
+from .audit import verify_audit
 from .callers import Principal
 from .http_common import API_PREFIX, READ_AUDIT, Allow
 from .store import Store
@@ -25,13 +26,14 @@ def add_routes(app: FastAPI, store: Store, caller: Callable[..., Principal], all
 
     @app.get(f"{API_PREFIX}/sys/ready")
     def ready() -> JSONResponse:
+        """200 only if a write could commit now: unsealed, the database files still the ones the
+        vault opened, the write lock obtainable, and room on the disk."""
         if store.barrier.sealed:
             return error_response(503, "sealed", "the vault is sealed")
         try:
-            with store.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        except Exception:
-            return error_response(503, "storage_unavailable", "the database is not reachable")
+            store.check_writable()
+        except KeyServiceError as e:
+            return error_response(503, e.code, e.message)
         return JSONResponse({"status": "ready", "sealed": False})
 
     @app.post(f"{API_PREFIX}/sys/seal")
@@ -44,6 +46,14 @@ def add_routes(app: FastAPI, store: Store, caller: Callable[..., Principal], all
     # POST /v1/sys/unseal (Shamir shares), GET /v1/sys/seal-status, and the guard that answers 503
     # with Retry-After on every other route while sealed.
     shares_api.add_routes(app, store)
+
+    @app.get(f"{API_PREFIX}/audit/verify")
+    def verify(who: Caller) -> dict[str, Any]:
+        """The whole chain checked, and the anchored head still in it (`vault audit verify`, live)."""
+        allow(who, READ_AUDIT, "audit.verify")
+        records = verify_audit(store.engine)
+        head = store.audit.check_anchor(store.engine)
+        return {"records": records, "anchored": None if head is None else head.seq}
 
     @app.get(f"{API_PREFIX}/audit")
     def audit(
