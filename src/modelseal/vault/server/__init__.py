@@ -13,6 +13,9 @@ store          operations on keys, data keys and tokens; write_session anchors e
 callers        bearer tokens (stored as hashes) and the Principal a token stands for
 audit          AuditLog (record: the append in the effect's transaction), the chain's hashes and
                its verification; audit_anchor: the head kept outside the database
+row_macs       rows that decide access bound under the barrier (flush hook binds, load hook checks)
+storage_guard  the database and WAL files still the ones the vault opened; request_limits: the
+               token and the body bound checked before a body is read
 barrier        the root (barrier) key that encrypts every secret at rest; roots/ keyfile's
                alternatives: shamir (starts sealed), pkcs11 (a key in a token)
 devices        devices, PSKs, policies and licences (admin operations); device_rows: name rules,

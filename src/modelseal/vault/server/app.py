@@ -41,6 +41,7 @@ from .http_common import (
 )
 from .release_fastpath import ReleaseFastPath, VaultApp
 from .repository import DEFAULT_MAX_MODEL_SIZE
+from .request_limits import RequestLimits
 from .store import Store
 from .tokens import TokenStore
 
@@ -126,6 +127,8 @@ def create_app(
         max_size=max_model_size or DEFAULT_MAX_MODEL_SIZE,
     )
     export_api.add_routes(app, store, caller, allow, enabled=allow_export)
+    # Before any route reads a body: no token, no body; every body bounded (request_limits.py).
+    app.add_middleware(RequestLimits)
     # Last: its middleware is then the outermost, so it also counts what the guards refuse.
     record = metrics.install(app, store, public=metrics_public, log=log, on_auth=tokens.touch)
     app.release_fastpath = ReleaseFastPath(guarded_release, store.barrier, record)
