@@ -55,7 +55,11 @@ def test_metrics_count_requests_releases_and_audit(vault: VaultServer, key_name:
     assert post(vault, build_request(name, bytes(32), sealed).body).status_code == 403
     assert post(vault, {"device": name}).status_code == 400
     stray = f"/v1/nothing-{uuid.uuid4().hex}"
-    assert httpx.get(vault.url + stray, verify=tls_context(vault)).status_code == 404
+    assert httpx.get(vault.url + stray, verify=tls_context(vault)).status_code == 401  # no token: no 404
+    token = vault.admin_token_file.read_text().strip()
+    bearer = {"Authorization": f"Bearer {token}"}
+    found = httpx.get(vault.url + stray, headers=bearer, verify=tls_context(vault))
+    assert found.status_code == 404
 
     response = scrape_text(vault, auditor)
     after = parse(response.text)

@@ -13,11 +13,15 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import UsageError
 from ..service.logs import JsonLog
 from .app import Agent, create_app
 from .cache import ModelCache
+
+if TYPE_CHECKING:
+    from ..service.connections import ConnectionLimits
 from .limits import RateLimiter
 from .upstream import RetryPolicy, Upstream
 
@@ -36,6 +40,7 @@ class AgentConfig:
     burst: int = 40
     total_rate: float = 500.0
     socket_mode: int = 0o660
+    limits: ConnectionLimits | None = None  # head deadline, keep-alive, connection cap
 
 
 def parse_listen(text: str) -> tuple[str, int] | str:
@@ -93,7 +98,13 @@ def serve(config: AgentConfig) -> None:
     log = JsonLog()
     agent = build_agent(config, log=log)
     app = create_app(agent)
-    uv = uvicorn.Config(app, server_header=False, access_log=False, log_level="warning", lifespan="on")
+    from ..service.connections import ConnectionLimits
+
+    limits = config.limits or ConnectionLimits()
+    settings = limits.uvicorn_config()
+    uv = uvicorn.Config(
+        app, server_header=False, access_log=False, log_level="warning", lifespan="on", **settings
+    )
     server = uvicorn.Server(uv)
     if isinstance(where, str):
         sock = _unix_socket(where, config.socket_mode)

@@ -137,6 +137,32 @@ def data_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 # --- flags several commands take ---------------------------------------------------------------
 
 
+def connection_flags(p: argparse.ArgumentParser) -> None:
+    """A server's connection limits (modelseal.service.connections)."""
+    g = p.add_argument_group("connections")
+    g.add_argument(
+        "--head-timeout", type=float, default=10.0, metavar="S",
+        help="close a connection whose request head takes longer than S seconds (default 10)",
+    )
+    g.add_argument(
+        "--keep-alive", type=int, default=5, metavar="S",
+        help="close idle connections after S seconds (default 5)",
+    )
+    g.add_argument(
+        "--max-connections", type=int, default=1000, metavar="N",
+        help="past N open connections and requests, answer 503 (default 1000)",
+    )  # fmt: skip
+
+
+def connection_limits(args: argparse.Namespace) -> Any:
+    from modelseal.service.connections import ConnectionLimits
+
+    try:
+        return ConnectionLimits(args.head_timeout, args.keep_alive, args.max_connections)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+
+
 def force_arg(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("-f", "--force", action="store_true", help=f"replace {what}")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import modelseal
 
-from ._common import AddParser, add_command
+from ._common import AddParser, add_command, connection_flags, connection_limits
 
 EXAMPLE = (
     "modelseal agent serve --vault https://vault:8180 --ca ca.pem --listen unix:/run/modelseal/agent.sock"
@@ -49,6 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         burst=args.burst,
         total_rate=args.total_rate,
         socket_mode=args.socket_mode,
+        limits=connection_limits(args),
     )
     agent.serve(config)
 
@@ -90,4 +91,5 @@ def add_commands(add: AddParser) -> None:
     p.add_argument("--rate", type=float, default=20.0, help="requests/s per caller (default 20)")
     p.add_argument("--burst", type=int, default=40, help="burst per caller (default 40)")
     p.add_argument("--total-rate", type=float, default=500.0, help="requests/s for all callers (default 500)")
+    connection_flags(p)
     p.set_defaults(func=cmd_serve, own_signals=True)

@@ -7,7 +7,17 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._common import CliError, api_flags, data_flags, leaf, print_json, require_vault_extra, size
+from ._common import (
+    CliError,
+    api_flags,
+    connection_flags,
+    connection_limits,
+    data_flags,
+    leaf,
+    print_json,
+    require_vault_extra,
+    size,
+)
 from .vault_admin import client_of
 
 if TYPE_CHECKING:
@@ -84,6 +94,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         client_ca=args.client_ca,
         client_cert_required=args.client_cert_required,
         sqlite_shared=args.sqlite_shared,
+        limits=connection_limits(args),
     )
 
 
@@ -283,6 +294,7 @@ def add_server_commands(groups: Subcommands) -> None:
         "default the vault holds it alone and keeps the WAL index in memory, so a truncated or "
         "read-only file cannot crash it",
     )
+    connection_flags(p)
     p.set_defaults(func=cmd_serve, own_signals=True)
 
     p = api_flags(

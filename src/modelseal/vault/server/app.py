@@ -60,32 +60,12 @@ def create_app(
         title="modelseal vault",
         version="1",
         openapi_url=f"{API_PREFIX}/openapi.json",
-        docs_url=f"{API_PREFIX}/docs",
+        # No Swagger UI: it loads its script from a CDN, on a page where a token gets typed.
+        docs_url=None,
         redoc_url=None,
     )
 
-    @app.exception_handler(KeyServiceError)
-    async def _serviceerror_response(_: Request, exc: KeyServiceError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message)
-
-    @app.exception_handler(DBAPIError)
-    async def _storage_error(_: Request, exc: DBAPIError) -> JSONResponse:
-        # The driver's first line only: SQLAlchemy's text adds the statement and a link.
-        error = storage_error(exc)
-        (log or JsonLog()).event("storage_error", level="error", code=error.code, message=error.message)
-        return error_response(error.status, error.code, error.message)
-
-    @app.exception_handler(Exception)
-    async def _internal(_: Request, exc: Exception) -> JSONResponse:
-        # Never a bare 500 or a traceback: the documented shape, the exception's type in the log.
-        (log or JsonLog()).event("internal_error", level="error", error=type(exc).__name__)
-        return error_response(500, "internal_error", "the vault failed to handle the request (logged)")
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI's default 422 echoes the offending input; ours names only the field.
-        fields = sorted({".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()})
-        return error_response(400, "invalid_request", f"invalid request field(s): {', '.join(fields)}")
+    _error_handlers(app, log)
 
     tokens = TokenStore(store)
 
@@ -104,6 +84,9 @@ def create_app(
             store.record_refusal(who, op, target, error)
             raise error
 
+    # Before any route reads a body: no token, no body; every body bounded (request_limits.py).
+    # Added first, so it runs inside the sealed guard (sealed: 503 for everything, as documented).
+    app.add_middleware(RequestLimits)
     sys_api.add_routes(app, store, caller, allow)
     keys_api.add_routes(app, store, caller, allow)
     tokens_api.add_routes(app, tokens, caller, allow)
@@ -127,9 +110,34 @@ def create_app(
         max_size=max_model_size or DEFAULT_MAX_MODEL_SIZE,
     )
     export_api.add_routes(app, store, caller, allow, enabled=allow_export)
-    # Before any route reads a body: no token, no body; every body bounded (request_limits.py).
-    app.add_middleware(RequestLimits)
     # Last: its middleware is then the outermost, so it also counts what the guards refuse.
     record = metrics.install(app, store, public=metrics_public, log=log, on_auth=tokens.touch)
     app.release_fastpath = ReleaseFastPath(guarded_release, store.barrier, record)
     return app
+
+
+def _error_handlers(app: FastAPI, log: JsonLog | None) -> None:
+    """Every error a client sees is the documented body: ours, the database's, anything else."""
+
+    @app.exception_handler(KeyServiceError)
+    async def _serviceerror_response(_: Request, exc: KeyServiceError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message)
+
+    @app.exception_handler(DBAPIError)
+    async def _storage_error(_: Request, exc: DBAPIError) -> JSONResponse:
+        # The driver's first line only: SQLAlchemy's text adds the statement and a link.
+        error = storage_error(exc)
+        (log or JsonLog()).event("storage_error", level="error", code=error.code, message=error.message)
+        return error_response(error.status, error.code, error.message)
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception) -> JSONResponse:
+        # Never a bare 500 or a traceback: the documented shape, the exception's type in the log.
+        (log or JsonLog()).event("internal_error", level="error", error=type(exc).__name__)
+        return error_response(500, "internal_error", "the vault failed to handle the request (logged)")
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default 422 echoes the offending input; ours names only the field.
+        fields = sorted({".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()})
+        return error_response(400, "invalid_request", f"invalid request field(s): {', '.join(fields)}")

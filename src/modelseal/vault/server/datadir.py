@@ -32,6 +32,7 @@ from .roots import shamir as shamir_root
 from .store import Store
 
 if TYPE_CHECKING:
+    from ...service.connections import ConnectionLimits
     from .admission import ReleaseSettings
 
 ROOT_TYPES = ("key-file", "shamir", "pkcs11")
@@ -245,9 +246,11 @@ def serve(
     client_ca: str | os.PathLike[str] | None = None,
     client_cert_required: bool = False,
     sqlite_shared: bool = False,
+    limits: ConnectionLimits | None = None,
 ) -> None:
     import uvicorn
 
+    from ...service.connections import TLS12_CIPHERS, ConnectionLimits
     from ...service.logs import JsonLog
     from . import metrics
     from .app import create_app
@@ -292,6 +295,8 @@ def serve(
             access_log=False,
             ssl_ca_certs=str(client_ca) if client_ca is not None else None,
             ssl_cert_reqs=cert_reqs,
+            ssl_ciphers=TLS12_CIPHERS,
+            **(limits or ConnectionLimits()).uvicorn_config(),  # head deadline, keep-alive, cap, stop
         )
     finally:
         # uvicorn has drained the connections: commit what is still queued, stop the writer.

@@ -22,7 +22,7 @@ TOKENLESS = tuple(
     f"{API_PREFIX}{p}"
     for p in (
         "/sys/health", "/sys/ready", "/sys/unseal", "/sys/seal-status", "/sys/metrics", "/release",
-        "/attest/", "/lease", "/openapi.json", "/docs",
+        "/attest/", "/lease", "/openapi.json",
     )
 )  # fmt: skip
 MODELS = f"{API_PREFIX}/models/"
