@@ -125,21 +125,60 @@ def test_corrupted_and_malformed_shares_are_refused(vault5of3: tuple[Path, list[
     assert barrier.unseal_status()["progress"] == 0
 
 
-def test_a_forged_share_fails_the_key_check_and_resets_progress(vault5of3: tuple[Path, list[str]]) -> None:
-    """A share with a valid checksum but a wrong value combines to another root: refused."""
+def test_a_forged_share_is_refused_on_its_own_and_progress_stays(vault5of3: tuple[Path, list[str]]) -> None:
+    """A share with a valid checksum but a wrong value is not one of this vault's (vault.json keeps
+    each share's digest): refused alone, counted against its sender, other progress untouched."""
     data, shares = vault5of3
     real = parse_share(shares[2])
     forged = format_share(real.vault_id, real.threshold, real.index, os.urandom(ROOT_KEY_SIZE))
     barrier = fresh_barrier(data)
-    barrier.submit_share(shares[0])
-    barrier.submit_share(shares[1])
-    with pytest.raises(KeyServiceError, match="do not reconstruct this vault's root key") as refused:
-        barrier.submit_share(forged)
-    assert refused.value.code == "shares_mismatch"
-    assert barrier.sealed and barrier.unseal_status()["progress"] == 0
-    for text in shares[:3]:
-        barrier.submit_share(text)
+    barrier.submit_share(shares[0], "operator-a")
+    barrier.submit_share(shares[1], "operator-b")
+    with pytest.raises(ShareError, match="not share number 3 of this vault"):
+        barrier.submit_share(forged, "intruder")
+    assert barrier.sealed and barrier.unseal_status()["progress"] == 2
+    barrier.submit_share(shares[2], "operator-c")
     assert not barrier.sealed
+
+
+def test_a_flood_of_bogus_shares_cannot_keep_the_vault_sealed(vault5of3: tuple[Path, list[str]]) -> None:
+    """Before, the unseal budget (30 a minute) was global and spent before a share was even parsed,
+    and a well-formed bogus share reset everyone's progress: anyone could keep a Shamir vault sealed."""
+    data, shares = vault5of3
+    real = parse_share(shares[0])
+    barrier = fresh_barrier(data)
+    refused = limited = 0
+    for i in range(200):
+        bogus = format_share(real.vault_id, real.threshold, 1 + i % 5, os.urandom(ROOT_KEY_SIZE))
+        try:
+            barrier.submit_share(bogus, "intruder")
+        except UnsealRateLimited:
+            limited += 1
+        except ShareError:
+            refused += 1
+        if i == 50:
+            barrier.submit_share(shares[0], "operator")  # arrives in the middle of the flood
+    assert refused == 30 and limited == 170  # the intruder's own budget, and nobody else's
+    for text in shares[1:3]:
+        barrier.submit_share(text, "operator")
+    assert not barrier.sealed
+
+
+def test_a_vault_without_share_digests_still_checks_the_reconstructed_root(
+    vault5of3: tuple[Path, list[str]],
+) -> None:
+    """A vault made before share digests: a forged share is found at the threshold (key check)."""
+    data, shares = vault5of3
+    config = json.loads((data / "vault.json").read_text())
+    section = {k: v for k, v in config["shamir"].items() if k != "share_digests"}
+    legacy = ShamirBarrier.from_config(config["vault_id"], section)
+    real = parse_share(shares[2])
+    forged = format_share(real.vault_id, real.threshold, real.index, os.urandom(ROOT_KEY_SIZE))
+    legacy.submit_share(shares[0])
+    legacy.submit_share(shares[1])
+    with pytest.raises(KeyServiceError, match="do not reconstruct this vault's root key") as refused:
+        legacy.submit_share(forged)
+    assert refused.value.code == "shares_mismatch" and legacy.sealed
 
 
 def test_a_different_share_with_a_taken_index_is_refused(vault5of3: tuple[Path, list[str]]) -> None:
@@ -148,7 +187,7 @@ def test_a_different_share_with_a_taken_index_is_refused(vault5of3: tuple[Path, 
     other = format_share(real.vault_id, real.threshold, real.index, os.urandom(ROOT_KEY_SIZE))
     barrier = fresh_barrier(data)
     barrier.submit_share(shares[0])
-    with pytest.raises(ShareError, match="already given"):
+    with pytest.raises(ShareError, match="not share number 1 of this vault"):
         barrier.submit_share(other)
     assert barrier.unseal_status()["progress"] == 1
 

@@ -65,9 +65,10 @@ class Barrier(Protocol):
 class Unsealable(Protocol):
     """A barrier that the API can unseal from shares (POST /v1/sys/unseal)."""
 
-    def submit_share(self, text: str) -> dict[str, object]:
-        """Take one share; answers ``{"sealed": true, "progress": n, "threshold": t}`` until the
-        threshold of distinct shares unseals the barrier, then ``{"sealed": false}``."""
+    def submit_share(self, text: str, source: str = "") -> dict[str, object]:
+        """Take one share from ``source`` (a client address); answers ``{"sealed": true, "progress":
+        n, "threshold": t}`` until the threshold of distinct shares unseals the barrier, then
+        ``{"sealed": false}``."""
         ...
 
     def unseal_status(self) -> dict[str, object]: ...

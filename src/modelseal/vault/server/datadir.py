@@ -192,6 +192,7 @@ def init(
         shamir_root.prepare_share_dir(shamir)
     config: dict[str, object] = {"layout": 1, "root": root}
     new_root, barrier, vault_id = bytearray(), None, os.urandom(16).hex()
+    share_values: list[bytearray] = []
     if root == "key-file":
         create_root_key(folder / ROOT_FILE)
     else:
@@ -199,7 +200,8 @@ def init(
         config["vault_id"] = vault_id
     try:
         if shamir is not None:
-            config["shamir"] = shamir_root.config_section(shamir, vault_id, new_root)
+            share_values = shamir_root.split_root(new_root, shamir.shares, shamir.threshold)
+            config["shamir"] = shamir_root.config_section(shamir, vault_id, new_root, share_values)
         if pkcs11 is not None:
             config["pkcs11"] = pkcs11_root.create(pkcs11, vault_id, new_root)
         if new_root:
@@ -215,9 +217,11 @@ def init(
         with os.fdopen(fd, "w") as f:
             f.write(token + "\n")
         if shamir is not None:
-            shamir_root.write_shares(shamir, vault_id, new_root)
+            shamir_root.write_shares(shamir, vault_id, share_values)
     finally:
         shamir_root.wipe(new_root)
+        for value in share_values:
+            shamir_root.wipe(value)
     return token
 
 

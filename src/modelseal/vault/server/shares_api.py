@@ -133,7 +133,8 @@ def add_routes(app: FastAPI, store: Store) -> None:
             return error_response(400, "invalid_request", 'the body must be {"share": "<one share>"}')
         was_sealed = barrier.sealed
         try:
-            answer = await run_in_threadpool(barrier.submit_share, share)
+            source = request.client.host if request.client else ""
+            answer = await run_in_threadpool(barrier.submit_share, share, source)
         except UnsealRateLimited as e:
             return error_response(429, e.code, e.message, {"Retry-After": str(e.retry_after)})
         except KeyServiceError as e:

@@ -107,6 +107,14 @@ def _checksum(body: str) -> str:
     return hashlib.sha256(body.encode()).digest()[:_CHECKSUM_SIZE].hex()
 
 
+def share_digest(vault_id: str, index: int, value: bytes | bytearray) -> str:
+    """What vault.json keeps of each share: a share is 32 uniformly random bytes, so its hash gives
+    nothing away, and it lets the vault refuse a wrong share on its own (not at the threshold)."""
+    h = hashlib.sha256(f"modelseal vault share v1\0{vault_id}\0{index}\0".encode())
+    h.update(value)
+    return h.hexdigest()
+
+
 def format_share(vault_id: str, threshold: int, index: int, value: bytes | bytearray) -> str:
     body = f"{SHARE_VERSION}:{vault_id}:{threshold}:{index}:{value.hex()}"
     return f"{body}:{_checksum(body)}"
@@ -166,34 +174,61 @@ def combine_root(shares: list[tuple[int, bytearray]]) -> bytearray:
 
 
 class UnsealRateLimit:
-    """At most ``attempts`` unseal requests per ``window`` seconds, for the whole process."""
+    """At most ``attempts`` refused shares per ``window`` seconds from one source (a client address);
+    ``max_sources`` bounds the memory (the oldest source is forgotten first)."""
 
-    def __init__(self, attempts: int = UNSEAL_ATTEMPTS, window: float = UNSEAL_WINDOW) -> None:
+    def __init__(
+        self, attempts: int = UNSEAL_ATTEMPTS, window: float = UNSEAL_WINDOW, max_sources: int = 4096
+    ) -> None:
         self._attempts = attempts
         self._window = window
-        self._times: collections.deque[float] = collections.deque()
+        self._max_sources = max_sources
+        self._times: collections.OrderedDict[str, collections.deque[float]] = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def take(self, now: float | None = None) -> None:
+    def check(self, source: str = "", now: float | None = None) -> None:
+        """Raise UnsealRateLimited if ``source`` used up its refusals."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            while self._times and self._times[0] <= now - self._window:
-                self._times.popleft()
-            if len(self._times) >= self._attempts:
-                raise UnsealRateLimited(max(1, math.ceil(self._times[0] + self._window - now)))
-            self._times.append(now)
+            times = self._times.get(source)
+            while times and times[0] <= now - self._window:
+                times.popleft()
+            if times is not None and len(times) >= self._attempts:
+                raise UnsealRateLimited(max(1, math.ceil(times[0] + self._window - now)))
+
+    def refused(self, source: str = "", now: float | None = None) -> None:
+        """Count one refused share against ``source``."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            times = self._times.setdefault(source, collections.deque())
+            self._times.move_to_end(source)
+            times.append(now)
+            while len(self._times) > self._max_sources:
+                self._times.popitem(last=False)
+
+    def take(self, source: str = "", now: float | None = None) -> None:
+        """Check, then count: one attempt (tests, and callers that count every attempt)."""
+        self.check(source, now)
+        self.refused(source, now)
 
 
 class ShamirBarrier(RootBarrier):
     """Starts sealed; unseals when ``threshold`` distinct shares of this vault's root arrived."""
 
     def __init__(
-        self, vault_id: str, threshold: int, check: bytes, *, rate_limit: UnsealRateLimit | None = None
+        self,
+        vault_id: str,
+        threshold: int,
+        check: bytes,
+        *,
+        digests: dict[int, str] | None = None,
+        rate_limit: UnsealRateLimit | None = None,
     ) -> None:
         super().__init__(None)
         self._vault_id = vault_id
         self._threshold = threshold
         self._check = check
+        self._digests = digests or {}  # share index -> share_digest (vaults made before: empty)
         self._pending: dict[int, bytearray] = {}
         self._unseal_lock = threading.Lock()
         self._rate_limit = rate_limit or UnsealRateLimit()
@@ -207,7 +242,14 @@ class ShamirBarrier(RootBarrier):
             raise KeyServiceError("vault.json: `shamir.threshold` is not a valid threshold")
         if not isinstance(check, str) or not re.fullmatch(f"[0-9a-f]{{{2 * KEY_CHECK_SIZE}}}", check):
             raise KeyServiceError("vault.json: `shamir.key_check` is not a valid key-check value")
-        return cls(vault_id, threshold, bytes.fromhex(check))
+        digests = config.get("share_digests", [])
+        if not isinstance(digests, list) or not all(
+            isinstance(d, str) and re.fullmatch("[0-9a-f]{64}", d) for d in digests
+        ):
+            raise KeyServiceError("vault.json: `shamir.share_digests` is not a list of share digests")
+        return cls(
+            vault_id, threshold, bytes.fromhex(check), digests={i: d for i, d in enumerate(digests, start=1)}
+        )
 
     def _progress(self) -> dict[str, object]:
         if not self.sealed:
@@ -223,12 +265,22 @@ class ShamirBarrier(RootBarrier):
             wipe(value)
         self._pending.clear()
 
-    def submit_share(self, text: str) -> dict[str, object]:
-        self._rate_limit.take()
-        share = parse_share(text)
+    def submit_share(self, text: str, source: str = "") -> dict[str, object]:
+        """Take one share from ``source`` (a client address). A share that is not one of this
+        vault's is refused on its own and counts against its source's limit; it never touches the
+        progress other sources made."""
+        self._rate_limit.check(source)
+        try:
+            share = parse_share(text)
+        except ShareError:
+            self._rate_limit.refused(source)
+            raise
         with self._unseal_lock:
             try:
                 return self._take(share)
+            except KeyServiceError:
+                self._rate_limit.refused(source)
+                raise
             finally:
                 if not any(v is share.value for v in self._pending.values()):
                     wipe(share.value)
@@ -245,6 +297,12 @@ class ShamirBarrier(RootBarrier):
             raise ShareError(
                 f"the share says threshold {share.threshold}, this vault was split with {self._threshold}"
             )
+        expected = self._digests.get(share.index)
+        if self._digests and (
+            expected is None
+            or not hmac.compare_digest(share_digest(self._vault_id, share.index, share.value), expected)
+        ):
+            raise ShareError(f"this is not share number {share.index} of this vault; progress unchanged")
         held = self._pending.get(share.index)
         if held is not None:
             if hmac.compare_digest(held, share.value):
@@ -310,19 +368,23 @@ def _write_once(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def config_section(options: ShamirOptions, vault_id: str, root: bytes | bytearray) -> dict[str, Any]:
-    """The `shamir` section of vault.json: counts and the key-check value, no secret."""
+def config_section(
+    options: ShamirOptions, vault_id: str, root: bytes | bytearray, values: list[bytearray]
+) -> dict[str, Any]:
+    """The `shamir` section of vault.json: counts, the key-check value and each share's digest; no
+    secret. ``values`` are the shares ``write_shares`` will write (split once: splitting is random)."""
     options.check()
     return {
         "shares": options.shares,
         "threshold": options.threshold,
         "key_check": key_check(root, vault_id).hex(),
+        "share_digests": [share_digest(vault_id, i, v) for i, v in enumerate(values, start=1)],
     }
 
 
-def write_shares(options: ShamirOptions, vault_id: str, root: bytes | bytearray) -> list[Path]:
-    """Split ``root`` and write each share to its own new 0600 file; all of them or none."""
-    values = split_root(root, options.shares, options.threshold)
+def write_shares(options: ShamirOptions, vault_id: str, values: list[bytearray]) -> list[Path]:
+    """Write each share (split_root's ``values``) to its own new 0600 file; all of them or none.
+    The values are wiped afterwards."""
     written: list[Path] = []
     try:
         for index, value in enumerate(values, start=1):
