@@ -203,7 +203,8 @@ def test_the_card_refuses_a_release_it_cannot_open(
         device.DeviceClient("127.0.0.1", card.port, 5, timeout=30) as c,
     ):
         nonce = client.attest_challenge(setup.name)
-        sealed_key = client.attest_release(setup.name, c.attestation_report(nonce), name_, version, wrapped)
+        report = c.attestation_report(nonce)
+        sealed_key = client.attest_release(setup.name, report, name_, version, wrapped, nonce)
         release = device.SealedRelease(sealed_key, "default", setup.name, name_, version, nonce)
         flipped = sealed_key[:-1] + bytes([sealed_key[-1] ^ 1])
         # What the host could try: relabel the release, flip a byte, or keep it past a reset.

@@ -36,6 +36,8 @@ from modelseal.device.server import DeviceService
 from modelseal.keyrelease import wire
 from modelseal.keyrelease.report import Report, request_digest
 from modelseal.vault.errors import PermissionDenied
+from modelseal.vault.server.attestation import make_nonce
+from modelseal.vault.server.barrier import KeyFileBarrier
 from modelseal.vault.server.engine import make_engine, sqlite_url
 from modelseal.vault.server.http_common import DENIED_BODY
 
@@ -58,6 +60,10 @@ def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VaultServer]:
 
 def raw(key: Ed25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+# Each report made by a Card, and the challenge it was made over.
+NONCE_OF: dict[bytes, bytes] = {}
 
 
 @dataclass
@@ -84,7 +90,9 @@ class Card:
             1,
             int(time.time()) if timestamp is None else timestamp,
         )
-        return unsigned.signed_by(signer or self.identity).to_bytes()
+        signed = unsigned.signed_by(signer or self.identity).to_bytes()
+        NONCE_OF[signed] = nonce  # what a host sends beside the report (release_body)
+        return signed
 
     def open(self, name: str, sealed: Sealed, nonce: bytes, answer: dict[str, Any]) -> bytes:
         info = wire.attest_hpke_info(
@@ -110,9 +118,11 @@ def challenge(vault: VaultServer, name: str) -> bytes:
     return base64.b64decode(answer.json()["nonce"])
 
 
-def release_body(name: str, sealed: Sealed, report: bytes) -> dict[str, Any]:
+def release_body(name: str, sealed: Sealed, report: bytes, nonce: bytes | None = None) -> dict[str, Any]:
     r = sealed.recipient
+    nonce = nonce or NONCE_OF.get(report) or os.urandom(32)
     return {
+        "nonce": base64.b64encode(nonce).decode(),
         "device": name,
         "report": base64.b64encode(report).decode(),
         "key_name": r.key_name,
@@ -121,8 +131,10 @@ def release_body(name: str, sealed: Sealed, report: bytes) -> dict[str, Any]:
     }
 
 
-def release(vault: VaultServer, name: str, sealed: Sealed, report: bytes) -> httpx.Response:
-    return call(vault, "/attest/release", release_body(name, sealed, report))
+def release(
+    vault: VaultServer, name: str, sealed: Sealed, report: bytes, nonce: bytes | None = None
+) -> httpx.Response:
+    return call(vault, "/attest/release", release_body(name, sealed, report, nonce))
 
 
 def enrolled(
@@ -147,18 +159,11 @@ def audit_head(vault: VaultServer) -> int:
         return int(admin.audit(limit=1000)[-1]["seq"]) if admin.audit(limit=1) else 0
 
 
-def expire(vault: VaultServer, nonce: bytes) -> None:
-    """Time travel for one challenge: its expiry moved 2 minutes into the past."""
-    engine = make_engine(sqlite_url(vault.data), shared_sqlite=True)
-    try:
-        with engine.begin() as conn:
-            changed = conn.execute(
-                text("UPDATE attest_nonces SET expires = expires - 180 WHERE nonce_hash = :h"),
-                {"h": hashlib.sha256(nonce).hexdigest()},
-            ).rowcount
-        assert changed == 1
-    finally:
-        engine.dispose()
+def expired_nonce(vault: VaultServer, name: str) -> bytes:
+    """A challenge the vault issued to ``name`` three minutes ago (its TTL is one), made with the
+    vault's own root: challenges are stateless, their time is inside them."""
+    barrier = KeyFileBarrier.from_file(vault.data / "root.key")
+    return make_nonce(barrier, "default", name, int(time.time()) - 180)
 
 
 # --- the wire format --------------------------------------------------------------------------
@@ -278,7 +283,7 @@ def test_a_real_card_report_is_accepted(vault: VaultServer, key_name: str, tmp_p
     name = enrolled(vault, Card(identity=identity), measurement=card.measurement, policy_for=key_name)
     nonce = challenge(vault, name)
     report = card.attestation_report(pb.AttestationRequest(device_id=9, request=nonce)).SerializeToString()
-    answer = release(vault, name, sealed, report)
+    answer = release(vault, name, sealed, report, nonce)
     assert answer.status_code == 200 and len(base64.b64decode(answer.json()["sealed"])) == 80
 
 
@@ -306,22 +311,20 @@ def test_every_refusal_is_the_same_403_and_audited(vault: VaultServer, key_name:
 
     cases: dict[str, tuple[str, httpx.Response]] = {}
 
-    def refuse(what: str, device_name: str, report: bytes) -> None:
-        cases[what] = (device_name, release(vault, device_name, sealed, report))
+    def refuse(what: str, device_name: str, report: bytes, nonce: bytes | None = None) -> None:
+        cases[what] = (device_name, release(vault, device_name, sealed, report, nonce))
 
     nonce = challenge(vault, name)
     forged = bytearray(card.report(nonce))
     forged[-5] ^= 1  # inside the signature
-    refuse("bad_signature", name, bytes(forged))
+    refuse("bad_signature", name, bytes(forged), nonce)
     refuse("other_device", name, stranger.report(challenge(vault, name)))
     refuse("never_issued", name, card.report(os.urandom(32)))
     refuse("another_devices_nonce", name, card.report(challenge(vault, other)))
     used = challenge(vault, name)
     assert release(vault, name, sealed, card.report(used)).status_code == 200
     refuse("reused", name, card.report(used))
-    late = challenge(vault, name)
-    expire(vault, late)
-    refuse("expired", name, card.report(late))
+    refuse("expired", name, card.report(expired_nonce(vault, name)))
     refuse("wrong_measurement", name, card.report(challenge(vault, name), measurement=bytes(32)))
     refuse("stale", name, card.report(challenge(vault, name), timestamp=int(time.time()) - 1000))
     refuse("future", name, card.report(challenge(vault, name), timestamp=int(time.time()) + 1000))
@@ -480,35 +483,39 @@ def test_migration_0004_adds_identity_and_nonces_to_an_existing_vault(tmp_path: 
     assert meta["identity"]["generation"] == 1
     assert len(attestation.challenge("default", "old-cam")) == 32
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT count(*) FROM attest_nonces")).scalar() == 1
+        assert conn.execute(text("SELECT count(*) FROM attest_nonces")).scalar() == 0  # stateless
         # At head: 0004 or a later migration (0005 adds token usage).
         version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
         assert isinstance(version, str) and version >= "0004"
     engine.dispose()
 
 
-def test_challenges_per_device_are_bounded(vault: VaultServer, key_name: str, tmp_path: Path) -> None:
+def test_a_flood_of_challenges_stores_nothing_and_evicts_nothing(
+    vault: VaultServer, key_name: str, tmp_path: Path
+) -> None:
+    """Anyone may ask for challenges under any device's name: before, the vault kept the 32 newest
+    per device, so 32 requests evicted a real device's challenge (403 on its genuine report). Now a
+    challenge is a MAC'd (time, random) pair, stored nowhere until a report over it comes back."""
     sealed = seal_model(vault, key_name, tmp_path)
     card = Card()
     name = enrolled(vault, card, policy_for=key_name)
+
+    def rows() -> int:
+        engine = make_engine(sqlite_url(vault.data), shared_sqlite=True)
+        try:
+            with engine.connect() as conn:
+                return int(conn.execute(text("SELECT count(*) FROM attest_nonces")).scalar() or 0)
+        finally:
+            engine.dispose()
+
+    before = rows()
     first = challenge(vault, name)
-    for _ in range(40):
-        last = challenge(vault, name)
-    engine = make_engine(sqlite_url(vault.data), shared_sqlite=True)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                text(
-                    "SELECT count(*) FROM attest_nonces JOIN devices ON devices.id = attest_nonces.device_id"
-                    " WHERE devices.name = :n"
-                ),
-                {"n": name},
-            ).scalar()
-    finally:
-        engine.dispose()
-    assert rows == 32
-    assert release(vault, name, sealed, card.report(first)).status_code == 403  # evicted
-    assert release(vault, name, sealed, card.report(last)).status_code == 200
+    for _ in range(200):
+        challenge(vault, name)
+    assert rows() == before
+    assert release(vault, name, sealed, card.report(first)).status_code == 200
+    assert rows() == before + 1  # the used nonce, kept to refuse its replay
+    assert release(vault, name, sealed, card.report(first)).status_code == 403
 
 
 # --- in process: configuration ------------------------------------------------------------------
@@ -549,7 +556,7 @@ def test_max_report_age_is_configured_and_bounded(tmp_path: Path, monkeypatch: p
         nonce = service.challenge("default", "cam")
         report = Report.from_bytes(card.report(nonce, timestamp=int(time.time()) - age))
         return service.release(
-            attestation.AttestedRelease("default", "cam", report, "k", 1, data_key.wrapped)
+            attestation.AttestedRelease("default", "cam", report, "k", 1, data_key.wrapped, nonce)
         )
 
     with pytest.raises(ReleaseDenied):

@@ -294,10 +294,12 @@ class VaultClient:
         key_name: str,
         key_version: int,
         wrapped: bytes,
+        nonce: bytes,
         *,
         domain: str = "default",
     ) -> bytes:
-        """POST /v1/attest/release (no token): the file key HPKE-sealed to the report's session key."""
+        """POST /v1/attest/release (no token): the file key HPKE-sealed to the report's session key.
+        ``nonce`` is the vault's challenge the report was made over."""
         b64 = base64.b64encode
         body = {
             "domain": domain,
@@ -306,6 +308,7 @@ class VaultClient:
             "key_name": key_name,
             "key_version": key_version,
             "wrapped": b64(wrapped).decode(),
+            "nonce": b64(nonce).decode(),
         }
         return _b64(self._call("POST", "/attest/release", json=body).get("sealed"))
 

@@ -49,5 +49,5 @@ def release_to_device(
     name, version, wrapped = vault_stanza(sealed, key_name)
     nonce = vault.attest_challenge(device, domain=domain)
     report = card.attestation_report(nonce)
-    sealed_key = vault.attest_release(device, report, name, version, wrapped, domain=domain)
+    sealed_key = vault.attest_release(device, report, name, version, wrapped, nonce, domain=domain)
     return card.load(sealed, SealedRelease(sealed_key, domain, device, name, version, nonce))

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from ...errors import AttestationError
-from ...keyrelease import datakeys
+from ...keyrelease import datakeys, wire
 from ...keyrelease.report import MAX_REPORT_SIZE, Report
 from ...keyrelease.wire import DEFAULT_DOMAIN
 from ...service.http import NO_STORE, error_response, read_bounded
@@ -68,6 +68,7 @@ def parse_attested_release(data: bytes) -> AttestedRelease:
         key_name=release_name(body, "key_name"),
         key_version=release_int(body, "key_version", 1, 2**32 - 1),
         wrapped=release_b64(body, "wrapped", datakeys.WRAPPED_SIZE, datakeys.WRAPPED_SIZE),
+        nonce=release_b64(body, "nonce", wire.ATTEST_NONCE_SIZE, wire.ATTEST_NONCE_SIZE),
     )
 
 

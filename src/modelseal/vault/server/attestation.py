@@ -20,6 +20,7 @@ import binascii
 import hashlib
 import hmac
 import os
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,17 +28,17 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from ...keyrelease import wire
 from ...keyrelease.report import MAX_CLOCK_SKEW, Report
 from ..errors import KeyServiceError
+from .barrier import Barrier
 from .callers import Principal
 from .device_rows import Decision
 from .devices import DeviceStore
-from .release import LOCKOUT_FAILURES, LOCKOUT_WINDOW_SECONDS
-from .row_macs import RowTampered
+from .release import LOCKOUT_WINDOW_SECONDS
 from .schema import AttestNonce, Device
 from .store import Store
 
@@ -47,10 +48,6 @@ NONCE_TTL_SECONDS = 60
 # old; the rest is room for the card's clock running behind the vault's.
 DEFAULT_MAX_REPORT_AGE = 120.0
 MAX_REPORT_AGE_LIMIT = 3600.0
-# Outstanding challenges per device: anyone who knows a device name can ask for challenges, so
-# the table is bounded per device (the oldest go first); a replayed nonce is still refused after
-# its row is gone, as an unknown one.
-MAX_NONCES_PER_DEVICE = 32
 # Used and expired rows are kept this long so that a late replay is audited as a replay.
 KEEP_SECONDS = LOCKOUT_WINDOW_SECONDS
 MAX_CHALLENGE_BODY = 1024
@@ -73,6 +70,7 @@ class AttestedRelease:
     key_name: str
     key_version: int
     wrapped: bytes
+    nonce: bytes  # the challenge the report was made over (its SHA-256 is the report's request digest)
 
     @property
     def ephemeral_public(self) -> bytes:
@@ -127,6 +125,30 @@ def parse_identity(public_key: str, measurement: str | None) -> tuple[bytes, byt
     return raw, expected
 
 
+_NONCE = struct.Struct(">Q8s16s")  # issued (unix seconds), random, tag
+_NONCE_PURPOSE = "attest challenge"
+
+
+def _nonce_tag(barrier: Barrier, domain: str, device: str, issued: int, salt: bytes) -> bytes:
+    names = domain.encode() + b"\0" + device.encode() + b"\0"
+    return barrier.hmac(_NONCE_PURPOSE, names + struct.pack(">Q", issued) + salt)[:16]
+
+
+def make_nonce(barrier: Barrier, domain: str, device: str, issued: int) -> bytes:
+    """A challenge for (domain, device) issued at ``issued``: its time, 8 random bytes and a MAC
+    under the barrier over all of it and the names (32 bytes, wire.ATTEST_NONCE_SIZE)."""
+    salt = os.urandom(8)
+    return _NONCE.pack(issued, salt, _nonce_tag(barrier, domain, device, issued, salt))
+
+
+def check_nonce(barrier: Barrier, domain: str, device: str, nonce: bytes) -> int | None:
+    """When ``nonce`` was issued to (domain, device), or None if the vault never issued it."""
+    if len(nonce) != _NONCE.size:
+        return None
+    issued, salt, tag = _NONCE.unpack(nonce)
+    return issued if hmac.compare_digest(tag, _nonce_tag(barrier, domain, device, issued, salt)) else None
+
+
 class Attestation:
     """Enrolment, challenges and the attested release, on a DeviceStore (same store and audit)."""
 
@@ -165,50 +187,14 @@ class Attestation:
     # --- challenge (no token) ---------------------------------------------------------------------
 
     def challenge(self, domain: str, name: str) -> bytes:
-        """A fresh nonce; stored (hashed) only for an enrolled, usable device, returned to anyone.
+        """A fresh nonce for anyone who asks, bound to the claimed device: nothing is stored.
 
-        An unknown, revoked, unenrolled or locked device gets a nonce too, just never a usable one,
-        so the answer does not say which names exist or what state they are in.
+        Stateless, so no flood of challenges can evict a real device's (the vault used to keep the
+        32 newest per device, unauthenticated); a nonce is checked and recorded only when a report
+        over it comes back (``_consume_nonce``). Unknown, revoked or locked devices get one too,
+        refused at release like any of their requests, so the answer says nothing about names.
         """
-        nonce = os.urandom(wire.ATTEST_NONCE_SIZE)
-        at = time.time()
-        with self.store.write_session() as session:
-            try:
-                _, device = self.devices.releases.find_device(session, domain, name)
-            except RowTampered:
-                return nonce  # unusable, like any device that may not get one (the log says why)
-            if (
-                device is None
-                or device.revoked
-                or device.identity is None
-                or self.devices.releases.device_failures(session, device, at) >= LOCKOUT_FAILURES
-            ):
-                return nonce
-            session.execute(
-                delete(AttestNonce).where(
-                    AttestNonce.device_id == device.id, AttestNonce.expires < at - KEEP_SECONDS
-                )
-            )
-            keep = (
-                select(AttestNonce.id)
-                .where(AttestNonce.device_id == device.id)
-                .order_by(AttestNonce.created.desc(), AttestNonce.id.desc())
-                .limit(MAX_NONCES_PER_DEVICE - 1)
-            )
-            session.execute(
-                delete(AttestNonce).where(
-                    AttestNonce.device_id == device.id, AttestNonce.id.not_in(keep.scalar_subquery())
-                )
-            )
-            session.add(
-                AttestNonce(
-                    device_id=device.id,
-                    nonce_hash=hashlib.sha256(nonce).hexdigest(),
-                    created=at,
-                    expires=at + NONCE_TTL_SECONDS,
-                )
-            )
-        return nonce
+        return make_nonce(self.store.barrier, domain, name, int(time.time()))
 
     # --- release (no token) -----------------------------------------------------------------------
 
@@ -269,7 +255,7 @@ class Attestation:
             self.devices.releases.count_failure(session, subject, at)
         self.devices.releases.check_lockout(session, subject, at, decision)
         if decision.reason is None and device is not None:
-            decision.reason = self._consume_nonce(session, device, report, at)
+            decision.reason = self._consume_nonce(session, device, req, at)
         if decision.reason is None and identity is not None:
             expected = identity[1]
             if expected is not None and not hmac.compare_digest(report.measurement, expected):
@@ -304,22 +290,28 @@ class Attestation:
         )
         return decision
 
-    def _consume_nonce(self, session: Session, device: Device, report: Report, at: float) -> str | None:
-        row = session.execute(
-            select(AttestNonce).where(AttestNonce.nonce_hash == report.request_digest.hex())
-        ).scalar()
-        if row is None or row.device_id != device.id:
-            return "unknown_nonce"  # never issued, evicted, or issued to another device
-        if row.used is not None:
-            return "replay"
-        if at > row.expires:
+    def _consume_nonce(self, session: Session, device: Device, req: AttestedRelease, at: float) -> str | None:
+        issued = check_nonce(self.store.barrier, req.domain, req.device, req.nonce)
+        covered = hmac.compare_digest(hashlib.sha256(req.nonce).digest(), req.report.request_digest)
+        if issued is None or not covered:
+            return "unknown_nonce"  # never issued, for another device, or not what the report covers
+        if at > issued + NONCE_TTL_SECONDS or issued > at + MAX_CLOCK_SKEW:
             return "nonce_expired"
-        # Conditional on still being unused: of two concurrent releases over one nonce (other
-        # workers or replicas), exactly one changes the row.
-        consumed = session.execute(
-            update(AttestNonce)
-            .where(AttestNonce.id == row.id, AttestNonce.used.is_(None))
-            .values(used=at)
-            .execution_options(synchronize_session=False)
+        digest = hashlib.sha256(req.nonce).hexdigest()
+        used = session.execute(select(AttestNonce.id).where(AttestNonce.nonce_hash == digest)).first()
+        if used is not None:
+            return "replay"
+        # Used nonces are kept until they expired long enough ago that a late replay is still
+        # audited as one; the unique index on the hash is the backstop between replicas.
+        session.execute(delete(AttestNonce).where(AttestNonce.expires < at - KEEP_SECONDS))
+        session.add(
+            AttestNonce(
+                device_id=device.id,
+                nonce_hash=digest,
+                created=float(issued),
+                expires=float(issued + NONCE_TTL_SECONDS),
+                used=at,
+            )
         )
-        return None if getattr(consumed, "rowcount", 0) == 1 else "replay"
+        session.flush()
+        return None
