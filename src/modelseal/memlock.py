@@ -11,6 +11,7 @@ import ctypes.util
 import errno
 import os
 import resource
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from .errors import MemoryLockError
 
 _CAP_IPC_LOCK = 14
+_PR_SET_PDEATHSIG = 1
 _PR_SET_DUMPABLE = 4
 
 
@@ -81,6 +83,18 @@ def munlock(view: memoryview) -> None:
 def set_not_dumpable() -> None:
     """No core dumps, and same-uid processes can no longer ptrace us or read /proc/<pid>/mem."""
     _libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+
+
+def no_core_files() -> None:
+    """A crash of this process writes no core file (it would hold keys and plaintext). For a process
+    that must stay dumpable (readable through /proc by its own uid)."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def die_with_parent() -> None:
+    """In a child between fork and exec: SIGKILL when the parent dies, so a runner that crashes
+    never leaves its command running without lease checks."""
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def has_ipc_lock_capability() -> bool:

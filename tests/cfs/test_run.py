@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -180,3 +181,53 @@ def test_mlock_refused_warns_or_fails(tmp_path: Path) -> None:
     args.remove("--require-mlock")
     r = subprocess.run(args, capture_output=True, text=True, timeout=60, preexec_fn=drop_ipc_lock)
     assert r.returncode == 0 and "mlock) refused" in r.stderr and "--require-mlock" in r.stderr
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return not stat.rsplit(") ", 1)[1].startswith("Z")
+
+
+def test_a_killed_runner_takes_its_command_with_it_and_leaves_no_core_and_no_links(
+    model: Sealed, tmp_path: Path
+) -> None:
+    """kill -9 of the runner: the command dies too (it would run on with no lease checks), the
+    runner was writing no core file (it holds the key), and its folder of links is swept by the
+    next run. Before: the command ran on, and a crash could dump the runner's memory to disk."""
+    ready = tmp_path / "ready"
+    child = (
+        "import os, time\n"
+        f"open({str(ready)!r}, 'w').write(str(os.getpid()) + ' ' + os.environ['MODELSEAL_DIR'])\n"
+        "time.sleep(120)\n"
+    )
+    args = cli("cfs", "run", model.sealed, "-i", model.mek, "--", sys.executable, "-c", child)
+    hard = resource.getrlimit(resource.RLIMIT_CORE)[1]
+    # Started allowed to dump core (whatever this shell's default), so the runner's own 0 is seen.
+    proc = subprocess.Popen(args, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (hard, hard)))
+    try:
+        deadline = time.monotonic() + 60
+        while not (ready.exists() and " " in ready.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pid_text, links_text = ready.read_text().split(" ", 1)
+        child_pid, links = int(pid_text), Path(links_text)
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+        core = next(line for line in limits.splitlines() if line.startswith("Max core file size"))
+        assert core.split()[4:6] == ["0", "0"], core
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while running(child_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not running(child_pid), "the command outlived its runner"
+        assert links.exists()  # SIGKILL leaves no chance to clean up ...
+        r = _run(model.sealed, "-i", model.mek, "--", sys.executable, "-c", "pass")
+        assert r.returncode == 0, r.stderr
+        assert not links.exists()  # ... the next run sweeps it
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

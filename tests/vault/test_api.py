@@ -10,6 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
+from modelseal.cli.main import main
+from modelseal.errors import UsageError
 from modelseal.vault.client import VaultClient
 from modelseal.vault.errors import KeyServiceError, NotFound, PermissionDenied, Unavailable
 
@@ -194,3 +196,20 @@ def test_unreachable_vault_is_unavailable(tmp_path: Path) -> None:
     with VaultClient("https://127.0.0.1:9", "msv.x") as client, pytest.raises(Unavailable) as e:
         client.list_keys()
     assert "msv.x" not in str(e.value)
+
+
+def test_a_token_is_never_sent_to_a_plain_http_vault_unless_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(UsageError, match="refusing to send a vault token over plain http://"):
+        VaultClient("http://127.0.0.1:9", "msv.secret-token")
+    VaultClient("http://127.0.0.1:9", "msv.x", insecure_http=True).close()  # a test vault, asked for
+    VaultClient("http://127.0.0.1:9").close()  # no token, nothing to leak (device routes)
+    token = tmp_path / "token"
+    token.write_text("msv.secret-token\n")
+    token.chmod(0o600)
+    base = ["vault", "key", "list", "--vault", "http://127.0.0.1:9", "--token-file", str(token)]
+    assert main(base) == UsageError.exit_code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "plain http://" in err and "msv.secret-token" not in err
+    assert main([*base, "--insecure-http"]) == Unavailable.exit_code  # tried: nothing listens there

@@ -135,11 +135,12 @@ def mount(
 
     _fuse.mount_options(uids)  # an allow_other refusal comes before decrypting gigabytes
     policy = LockPolicy(require=require_mlock, notice=notice)
+    # Before anything is decrypted: no core dumps, and same-uid processes can no longer ptrace the
+    # server or read its memory via /proc (before, this came after the models were opened).
+    set_not_dumpable()
     opened = _models.open_models(paths, identity, signer=signer, layout=layout, lock=policy)
     watching: list[LeaseKeeper] = []
     try:
-        # Same-uid processes can no longer ptrace the server or read its memory via /proc.
-        set_not_dumpable()
         if lease is not None:
 
             def lost(reason: str) -> None:

@@ -12,7 +12,11 @@ finds them by name through a private folder of symlinks (0700, on tmpfs, removed
 
 The links point into the runner's /proc entry, not /proc/self, so they keep working in
 grandchildren that did not inherit the fds (e.g. a wrapper that spawns with close_fds); this
-needs the runner to stay ptrace-readable by its own uid, so it is not made non-dumpable.
+needs the runner to stay ptrace-readable by its own uid, so it is not made non-dumpable. It writes
+no core file instead (RLIMIT_CORE 0, set before anything is decrypted; the command inherits it: its
+memory holds the plaintext too), and the command is killed if the runner dies (PR_SET_PDEATHSIG),
+so a crashed runner never leaves it running without lease checks. A runner killed outright leaves
+its folder of links (names, no plaintext); the next run removes those of runners that are gone.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -35,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from .. import memfd
 from ..errors import LeaseLostError, UsageError
 from ..lease import LeasePolicy, keepers
-from ..memlock import LockPolicy
+from ..memlock import LockPolicy, die_with_parent, no_core_files
 from ._models import Identities, Layout, PathLike, open_models
 from .errors import CfsError
 
@@ -63,13 +67,42 @@ class _PinnedMemfd:
             self.map = None
 
 
+_LINK_PREFIX = "modelseal-run-"
+
+
 def _link_dir() -> Path:
     """A private (0700) folder on tmpfs: it only ever holds symlinks, but keep even names off disk."""
     # mkdtemp makes a fresh 0700 folder with a random name, so a shared /dev/shm is fine here.
+    prefix = f"{_LINK_PREFIX}{os.getpid()}-"
     for base in ("/dev/shm", os.environ.get("XDG_RUNTIME_DIR", "")):  # noqa: S108
         if base and os.path.isdir(base) and os.access(base, os.W_OK | os.X_OK):
-            return Path(tempfile.mkdtemp(prefix="modelseal-run-", dir=base))
-    return Path(tempfile.mkdtemp(prefix="modelseal-run-"))
+            _sweep_link_dirs(Path(base))
+            return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    _sweep_link_dirs(Path(tempfile.gettempdir()))
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def _sweep_link_dirs(base: Path) -> None:
+    """Remove the link folders of this uid's runners that are gone (killed before their cleanup)."""
+    for folder in base.glob(f"{_LINK_PREFIX}*-*"):
+        pid = folder.name[len(_LINK_PREFIX) :].split("-", 1)[0]
+        try:
+            if not pid.isdigit() or folder.stat().st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)  # alive (or not ours to signal): keep
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            continue
+
+
+def _child_setup(parent: int) -> Callable[[], None]:
+    def setup() -> None:
+        die_with_parent()
+        if os.getppid() != parent:  # the runner died before the line above took effect
+            os._exit(1)
+
+    return setup
 
 
 def _terminal_already_sent(sig: int) -> bool:
@@ -103,6 +136,7 @@ def run(
     """
     if not argv:
         raise UsageError("give the command to run after --")
+    no_core_files()  # before anything is decrypted: a crash must not write keys or plaintext to disk
     policy = lock or LockPolicy(require=require_mlock)
     opened = open_models(
         sealed, identity, signer=signer, layout=layout, lock=policy, lock_views=False, copies=2
@@ -170,7 +204,10 @@ def _spawn_and_wait(argv: Sequence[str], fds: Sequence[int], env: Mapping[str, s
         sys.stdout.flush()
         sys.stderr.flush()
         try:
-            child = subprocess.Popen(list(argv), pass_fds=list(fds), env=dict(env))
+            # preexec_fn runs one prctl (a C call, no lock taken) between fork and exec.
+            child = subprocess.Popen(
+                list(argv), pass_fds=list(fds), env=dict(env), preexec_fn=_child_setup(os.getpid())
+            )
         except OSError as e:
             raise CfsError(f"cannot run {argv[0]}: {e.strerror}") from None
         code = child.wait()

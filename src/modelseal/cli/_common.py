@@ -124,6 +124,11 @@ def api_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument(
         "--ca", metavar="CA.pem", help="CA to trust, e.g. DIR/tls/ca.pem (env MODELSEAL_VAULT_CA)"
     )
+    p.add_argument(
+        "--insecure-http",
+        action="store_true",
+        help="allow sending the token to an http:// vault (a test vault on this machine; never in use)",
+    )
     return p
 
 
@@ -279,12 +284,19 @@ def report_skipped(result: modelseal.RewrapResult) -> None:
 
 
 def vault_client(
-    address: str | None, token_file: str | None, ca: str | None, *, token_required: bool = True
+    address: str | None,
+    token_file: str | None,
+    ca: str | None,
+    *,
+    token_required: bool = True,
+    insecure_http: bool = False,
 ) -> VaultClient:
     require_vault_extra()
     from modelseal.vault.client import VaultClient
 
-    return VaultClient.from_settings(address, token_file, ca, token_required=token_required)
+    return VaultClient.from_settings(
+        address, token_file, ca, token_required=token_required, insecure_http=insecure_http
+    )
 
 
 def seal_recipient(args: argparse.Namespace) -> VaultRecipient:

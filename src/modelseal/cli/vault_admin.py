@@ -20,7 +20,13 @@ if TYPE_CHECKING:
 
 def client_of(args: argparse.Namespace, token_required: bool = True) -> VaultClient:
     """The client a `vault` subcommand's --vault/--token-file/--ca (or their env) describe."""
-    return vault_client(args.vault, args.token_file, args.ca, token_required=token_required)
+    return vault_client(
+        args.vault,
+        args.token_file,
+        args.ca,
+        token_required=token_required,
+        insecure_http=getattr(args, "insecure_http", False),
+    )
 
 
 def cmd_key_create(args: argparse.Namespace) -> None:

@@ -82,8 +82,15 @@ class VaultClient:
         ca: str | os.PathLike[str] | None = None,
         timeout: float = 30.0,
         client_cert: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
+        insecure_http: bool = False,
     ) -> None:
         self.url = url.rstrip("/")
+        if token and self.url.lower().startswith("http://") and not insecure_http:
+            raise UsageError(
+                "refusing to send a vault token over plain http:// (anyone on the path could read and "
+                "reuse it): use https:// (`modelseal vault` commands take --insecure-http for a test "
+                "vault on this machine)"
+            )
         verify: ssl.SSLContext | bool = True
         if ca is not None:
             if not Path(ca).is_file():
@@ -112,7 +119,13 @@ class VaultClient:
 
     @classmethod
     def from_settings(
-        cls, url: str | None, token_file: str | None, ca: str | None, *, token_required: bool = True
+        cls,
+        url: str | None,
+        token_file: str | None,
+        ca: str | None,
+        *,
+        token_required: bool = True,
+        insecure_http: bool = False,
     ) -> VaultClient:
         """Flags first, then MODELSEAL_VAULT_ADDR / _TOKEN_FILE / _CA (/ _CLIENT_CERT + _CLIENT_KEY)."""
         url = url or os.environ.get(ENV_ADDR)
@@ -130,6 +143,7 @@ class VaultClient:
             read_token_file(token_file) if token_file else None,
             ca=ca,
             client_cert=(cert, key) if cert and key else None,
+            insecure_http=insecure_http,
         )
 
     def close(self) -> None:
