@@ -23,6 +23,14 @@ from .errors import LeaseLostError, ModelSealError
 
 Check = Callable[[], "str | None"]
 OnLost = Callable[[str], None]
+# A check may take as long as it likes while more grace than this is left (the client's own
+# timeouts bound it); below, it gets the grace left, plus this for an answer already on its way.
+_UNBOUNDED = 60.0
+_ANSWER_SLACK = 0.5
+
+
+class LeaseCheckTimeout(ModelSealError):
+    """A lease re-check that did not answer within the grace left (treated as unreachable)."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,7 @@ class LeaseKeeper:
             return False
         self.checks += 1
         try:
-            refused = self._check()
+            refused = self._bounded_check()
         except ModelSealError as e:
             # Not an answer: the service may only be unreachable. Tolerate it for the grace period.
             if self._clock() - self._last_ok <= self.policy.grace:
@@ -77,6 +85,30 @@ class LeaseKeeper:
         self.lost = refused
         self._on_lost(refused)
         return False
+
+    def _bounded_check(self) -> str | None:
+        """``check``, given no longer than the grace left: a vault that swallows packets would
+        otherwise stretch the grace by the client's whole timeout (6 s of grace took 30.7 s)."""
+        left = self.policy.grace - (self._clock() - self._last_ok)
+        if left >= _UNBOUNDED:
+            return self._check()
+        outcome: list[str | BaseException | None] = []
+        done = threading.Event()
+
+        def ask() -> None:
+            try:
+                outcome.append(self._check())
+            except BaseException as e:  # handed to the keeper's thread below
+                outcome.append(e)
+            done.set()
+
+        threading.Thread(target=ask, name="modelseal-lease-check", daemon=True).start()
+        if not done.wait(max(left, 0.0) + _ANSWER_SLACK):
+            raise LeaseCheckTimeout(f"no answer within the {max(left, 0.0):.1f} s of grace left")
+        result = outcome[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     def _run(self) -> None:
         while not self._stop.wait(self.policy.interval):

@@ -123,3 +123,26 @@ def test_keep_lease_revokes_the_model(tmp_path: Path) -> None:
     with pytest.raises(modelseal.LeaseLostError, match="licence ended"):
         model.read()
     assert modelseal.keep_lease(model, mek) is None  # a plain key has no lease
+
+
+def test_a_black_holed_service_cannot_stretch_the_grace() -> None:
+    """A check that hangs (packets swallowed: the client waits its whole timeout) gets only the grace
+    left. Before, 6 s of grace lasted 30.7 s, the HTTP client's timeout."""
+    import time
+
+    released = threading.Event()
+    lost: list[str] = []
+
+    def hang() -> str | None:
+        released.wait(30)
+        return None
+
+    k = LeaseKeeper(hang, LeasePolicy(interval=0.2, grace=1.0), lost.append)
+    started = time.monotonic()
+    assert k.check_now() is True or k.lost is not None  # the first check already waits out the grace
+    while k.lost is None and time.monotonic() - started < 10:
+        k.check_now()
+    took = time.monotonic() - started
+    released.set()
+    assert lost and "could not be reached for over 1 s" in lost[0] and "grace left" in lost[0]
+    assert took < 3, f"the lease held {took:.1f} s on 1 s of grace"

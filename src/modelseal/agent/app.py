@@ -133,7 +133,7 @@ class Agent:
                 status, headers = answer.status_code, _answer_headers(answer.headers)
         except Unavailable as e:
             self._done(request, started, 502, caller)
-            return error_response(502, "vault_unreachable", e.diagnostic)
+            return error_response(502, e.code, e.diagnostic)
         except _TooLarge:
             self._done(request, started, 502, caller)
             return error_response(502, "bad_gateway", "the vault's answer is larger than the agent forwards")
@@ -177,7 +177,7 @@ class Agent:
                     return Response(content, answer.status_code, headers=_answer_headers(answer.headers))
         except Unavailable as e:
             self._done(request, started, 502, caller)
-            return error_response(502, "vault_unreachable", e.diagnostic)
+            return error_response(502, e.code, e.diagnostic)
         except _BadDownload as e:
             self._done(request, started, 502, caller)
             return error_response(502, "bad_gateway", str(e))

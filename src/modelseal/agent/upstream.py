@@ -105,7 +105,10 @@ class Upstream:
                 await asyncio.sleep(self.retry.delay(attempt, None))
                 continue
             except httpx.HTTPError as e:
-                raise Unavailable(f"the vault at {self.url} failed mid-request: {type(e).__name__}") from None
+                # It may have acted on it: the caller must not resend the same proof blindly.
+                raise Unavailable(
+                    f"the vault at {self.url} failed mid-request: {type(e).__name__}", code="vault_failed"
+                ) from None
             if response.status_code in RETRY_STATUSES and attempt + 1 < self.retry.attempts:
                 retry_after = response.headers.get("retry-after")
                 await response.aclose()
@@ -113,7 +116,8 @@ class Upstream:
                 continue
             return response
         reason = f": {type(last).__name__}" if last else ""
-        raise Unavailable(f"cannot reach the vault at {self.url}{reason}")
+        # Never reached: a caller may resend (with a fresh nonce) once the vault is back.
+        raise Unavailable(f"cannot reach the vault at {self.url}{reason}", code="vault_unreachable")
 
     @asynccontextmanager
     async def request(

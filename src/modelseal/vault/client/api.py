@@ -160,9 +160,13 @@ class VaultClient:
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         try:
             response = self._http.request(method, f"/v1{path}", **kwargs)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            # Never sent: resending (with a fresh nonce) cannot act twice.
+            raise Unavailable(f"cannot reach the vault at {self.url}: {e}", code="unreachable") from None
         except httpx.HTTPError as e:
             # httpx messages name the host and the failure, never headers.
-            raise Unavailable(f"cannot reach the vault at {self.url}: {e}") from None
+            failed = f"cannot reach the vault at {self.url}: {e}"
+            raise Unavailable(failed, code="connection_failed") from None
         if response.status_code >= 400:
             raise _error(response)
         data = response.json()

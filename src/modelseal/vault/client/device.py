@@ -14,6 +14,7 @@ import base64
 import hashlib
 import json
 import os
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,7 +28,7 @@ from ...errors import KeyFileError, UsageError
 from ...format.header import Stanza
 from ...keyrelease import wire
 from ...keyrelease.wire import DEFAULT_DOMAIN
-from ..errors import KeyServiceError, NotFound, PermissionDenied
+from ..errors import KeyServiceError, NotFound, PermissionDenied, Unavailable
 from .api import VaultClient
 from .recipient import STANZA_TYPE, parse_args
 
@@ -84,10 +85,21 @@ def load_psk(path: str | os.PathLike[str]) -> bytes:
     return load_credential(path).psk
 
 
+# Answers that mean the vault did not act on the request, so sending it again (a new nonce) cannot
+# release twice: nothing listened (unreachable), the agent never reached it (vault_unreachable),
+# it refused before any work (sealed, too_many_requests, commit_queue_full, shutting_down), or its
+# transaction rolled back (release_failed).
+RESEND_SAFE = frozenset(
+    {"unreachable", "vault_unreachable", "sealed", "too_many_requests", "commit_queue_full",
+     "shutting_down", "release_failed"}
+)  # fmt: skip
+RETRY_FOR = 5.0
+
+
 class DeviceIdentity:
     """Opens models through the vault's key release as device ``device_id`` holding ``psk``."""
 
-    __slots__ = ("_lock", "_psk", "_released", "client", "device_id", "domain")
+    __slots__ = ("_lock", "_psk", "_released", "client", "device_id", "domain", "retry_for")
 
     def __init__(
         self,
@@ -97,6 +109,7 @@ class DeviceIdentity:
         *,
         ca: str | os.PathLike[str] | None = None,
         domain: str = DEFAULT_DOMAIN,
+        retry_for: float = RETRY_FOR,
     ) -> None:
         if len(psk) != wire.PSK_SIZE:
             raise KeyFileError(f"a device PSK is {wire.PSK_SIZE} bytes")
@@ -110,6 +123,7 @@ class DeviceIdentity:
         self._psk = bytes(psk)
         self._released: dict[tuple[str, int], None] = {}  # ordered set of what the vault released
         self._lock = threading.Lock()
+        self.retry_for = retry_for  # seconds a release keeps trying while the vault is not there
 
     @classmethod
     def from_psk_file(
@@ -141,7 +155,25 @@ class DeviceIdentity:
         self.close()
 
     def release(self, key_name: str, key_version: int, wrapped: bytes) -> bytes:
-        """The file key in one `vault` stanza body, released to this device (or PermissionDenied)."""
+        """The file key in one `vault` stanza body, released to this device (or PermissionDenied).
+
+        While the vault restarts (nothing listens, the agent cannot reach it, it is sealed or over
+        capacity) the request is sent again with a fresh nonce, with backoff, for up to
+        ``retry_for`` seconds: only on answers that say it was not acted on, so a key is never
+        released (nor a licence use counted) twice for one open."""
+        deadline = time.monotonic() + self.retry_for
+        delay = 0.05
+        while True:
+            try:
+                return self._release_once(key_name, key_version, wrapped)
+            except Unavailable as e:
+                left = deadline - time.monotonic()
+                if e.code not in RESEND_SAFE or left <= 0:
+                    raise
+                time.sleep(min(left, random.uniform(delay / 2, delay)))  # noqa: S311 - jitter
+                delay = min(delay * 2, 1.0)
+
+    def _release_once(self, key_name: str, key_version: int, wrapped: bytes) -> bytes:
         ephemeral = X25519PrivateKey.generate()
         public = ephemeral.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         nonce = os.urandom(wire.NONCE_MIN)
