@@ -88,15 +88,17 @@ def serve_process(
     database_url: str | None = None,
     flags: tuple[str, ...] = (),
     client_cert: tuple[Path, Path] | None = None,
+    port: int | None = None,
 ) -> VaultServer:
     """`vault serve` on an existing data folder (several may serve one PostgreSQL database).
 
     ``flags`` are extra `vault serve` options; the health probe presents ``client_cert`` when the
-    vault requires one.
+    vault requires one; ``port`` serves on that port (a restart where clients expect it).
     """
     database = ["--database", database_url] if database_url else []
+    fixed = port
     for _ in range(3):  # the free port may be taken between probe and bind
-        port = _free_port()
+        port = fixed or _free_port()
         with open(log, "ab") as out:
             process = subprocess.Popen(
                 [

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -29,7 +27,7 @@ from modelseal.vault.client import DeviceIdentity, VaultClient
 from modelseal.vault.errors import Unavailable
 
 from .agent_helpers import agent_process
-from .conftest import VaultServer, stop_server, tls_context
+from .conftest import VaultServer, _free_port, serve_process, stop_server
 from .release_helpers import LocalVault, local_vault
 
 FILE_KEY = bytes(range(32))
@@ -99,13 +97,13 @@ def test_an_open_through_the_agent_rides_out_a_vault_restart(tmp_path: Path) -> 
     data = tmp_path / "v"
     local.store.engine.dispose()
     port = _free_port()
-    vault = _serve(data, port, tmp_path / "vault1.log")
+    vault = serve_process(data, tmp_path / "vault1.log", port=port)
     try:
         with agent_process(vault.url, vault.ca, tmp_path / "agent") as running:
             stop_server(vault)
             restarted: list[VaultServer] = []
             timer = threading.Timer(
-                1.5, lambda: restarted.append(_serve(data, port, tmp_path / "vault2.log"))
+                1.5, lambda: restarted.append(serve_process(data, tmp_path / "vault2.log", port=port))
             )
             timer.start()
             started = time.monotonic()
@@ -121,42 +119,3 @@ def test_an_open_through_the_agent_rides_out_a_vault_restart(tmp_path: Path) -> 
         stop_server(vault)
         for server in locals().get("restarted", []):
             stop_server(server)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _serve(data: Path, port: int, log: Path) -> VaultServer:
-    with open(log, "ab") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "modelseal",
-                "vault",
-                "serve",
-                "--data",
-                str(data),
-                "--listen",
-                f"127.0.0.1:{port}",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    server = VaultServer(f"https://127.0.0.1:{port}", data, log, process, None)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if (
-                httpx.get(f"{server.url}/v1/sys/health", verify=tls_context(server), timeout=1).status_code
-                == 200
-            ):
-                return server
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    raise AssertionError(f"the vault did not start: {log.read_text()[-2000:]}")
