@@ -11,7 +11,7 @@ TEST_STAMP := $(VENV)/.test-stamp
 # Everything the test suite exercises: runtimes, Crypto-fs, the demo model (dev has matplotlib for the bench report).
 TEST_EXTRAS := dev,demo,onnxruntime,openvino,torch,safetensors,cfs,device,vault,edge
 
-.PHONY: demo test test-latest lock test-slow soak lint typecheck system-deps bench vectors clean
+.PHONY: demo test test-latest lock test-slow faults soak lint typecheck system-deps bench vectors clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,10 @@ lock:
 # Long variants (multi-GiB models); CI runs them after `make test`.
 test-slow: $(TEST_STAMP)
 	$(BIN)/pytest -q -m slow
+
+# The fault suite alone, with the figures its tests print (part of `make test` too).
+faults: $(TEST_STAMP)
+	$(BIN)/pytest -q -s -m faults
 
 # The hour-long soak of the vault and the library (MODELSEAL_SOAK_SECONDS=N to change the hour).
 soak: $(TEST_STAMP)

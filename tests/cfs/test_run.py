@@ -192,6 +192,7 @@ def running(pid: int) -> bool:
     return not stat.rsplit(") ", 1)[1].startswith("Z")
 
 
+@pytest.mark.faults
 def test_a_killed_runner_takes_its_command_with_it_and_leaves_no_core_and_no_links(
     model: Sealed, tmp_path: Path
 ) -> None:

@@ -125,6 +125,7 @@ def test_keep_lease_revokes_the_model(tmp_path: Path) -> None:
     assert modelseal.keep_lease(model, mek) is None  # a plain key has no lease
 
 
+@pytest.mark.faults
 def test_a_black_holed_service_cannot_stretch_the_grace() -> None:
     """A check that hangs (packets swallowed: the client waits its whole timeout) gets only the grace
     left. Before, 6 s of grace lasted 30.7 s, the HTTP client's timeout."""

@@ -490,6 +490,7 @@ def test_migration_0004_adds_identity_and_nonces_to_an_existing_vault(tmp_path: 
     engine.dispose()
 
 
+@pytest.mark.faults
 def test_a_flood_of_challenges_stores_nothing_and_evicts_nothing(
     vault: VaultServer, key_name: str, tmp_path: Path
 ) -> None:

@@ -21,6 +21,8 @@ from modelseal.vault.server.audit_anchor import ANCHOR_FILE, Head
 from modelseal.vault.server.callers import Principal
 from modelseal.vault.server.store import Store
 
+pytestmark = pytest.mark.faults
+
 pytest.importorskip("sqlalchemy", reason="the vault extra is not installed")
 
 

@@ -18,6 +18,8 @@ import pytest
 
 from .conftest import VaultServer, start_server, stop_server, tls_context
 
+pytestmark = pytest.mark.faults
+
 HEAD_TIMEOUT = 1.0
 
 

@@ -30,6 +30,8 @@ from .agent_helpers import agent_process
 from .conftest import VaultServer, _free_port, serve_process, stop_server
 from .release_helpers import LocalVault, local_vault
 
+pytestmark = pytest.mark.faults
+
 FILE_KEY = bytes(range(32))
 
 

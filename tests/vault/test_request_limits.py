@@ -15,6 +15,8 @@ from modelseal.vault.server.request_limits import MAX_BODY
 
 from .conftest import VaultServer, tls_context
 
+pytestmark = pytest.mark.faults
+
 BIG = 40 << 20
 
 

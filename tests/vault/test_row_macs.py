@@ -26,6 +26,8 @@ from modelseal.vault.server.row_macs import RowTampered
 
 from .release_helpers import LocalVault, build_request, local_vault
 
+pytestmark = pytest.mark.faults
+
 pytest.importorskip("sqlalchemy", reason="the vault extra is not installed")
 
 

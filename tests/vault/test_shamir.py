@@ -141,6 +141,7 @@ def test_a_forged_share_is_refused_on_its_own_and_progress_stays(vault5of3: tupl
     assert not barrier.sealed
 
 
+@pytest.mark.faults
 def test_a_flood_of_bogus_shares_cannot_keep_the_vault_sealed(vault5of3: tuple[Path, list[str]]) -> None:
     """Before, the unseal budget (30 a minute) was global and spent before a share was even parsed,
     and a well-formed bogus share reset everyone's progress: anyone could keep a Shamir vault sealed."""

@@ -23,6 +23,8 @@ from modelseal.vault.errors import Unavailable
 
 from .conftest import VaultServer, serve_process, start_server, stop_server, tls_context
 
+pytestmark = pytest.mark.faults
+
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs or a read-only bind needs root")
 
 
