@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,16 +89,21 @@ def test_a_replayed_release_request_is_refused(vault: VaultServer, tmp_path: Pat
     assert "sealed" not in again.json()
 
 
-def test_a_wrong_psk_locks_the_device_out_after_five_tries(
+def test_wrong_psks_through_the_agent_stop_at_the_callers_own_budget(
     vault: VaultServer, agent: AgentProcess, tmp_path: Path, key_name: str
 ) -> None:
+    """Three refused proofs for a device from one caller, and the agent stops forwarding that
+    caller's requests for it (429, its own lockout), before the vault's (5, for everyone)."""
     sealed, name, psk = granted(vault, tmp_path, key_name)
     wrong = bytes(b ^ 0x5A for b in psk)
-    for _ in range(5):
+    for _ in range(3):
         with pytest.raises(PermissionDenied):
             modelseal.open(sealed.path, via(agent.address, name, wrong))
-    with pytest.raises(PermissionDenied):
-        modelseal.open(sealed.path, via(agent.address, name, psk))  # locked: the right PSK too
+    with pytest.raises(Unavailable) as held:
+        modelseal.open(sealed.path, via(agent.address, name, psk))  # this caller: the right PSK too
+    assert held.value.code == "too_many_refusals" and held.value.status == 429
+    with vault.client() as admin:
+        assert admin.read_device(name)["locked"] is False  # the vault saw 3: not locked
 
 
 def test_revocation_closes_an_open_model_at_the_next_lease_check(
@@ -276,3 +283,40 @@ def test_a_stopped_vault_mounts_nothing(make_vault: object, tmp_path: Path, key_
         )
         assert mount.returncode == 15, mount.stderr
         assert "cannot reach the vault" in mount.stderr and not os.path.ismount(mnt)
+
+
+ATTACKER = """
+import sys
+from modelseal.vault.client import DeviceIdentity
+from modelseal.vault.errors import KeyServiceError
+address, device, wrapped_hex = sys.argv[1:4]
+codes = []
+for _ in range(6):
+    try:
+        DeviceIdentity(address, device, bytes(32), retry_for=0).release("k", 1, bytes.fromhex(wrapped_hex))
+        codes.append(200)
+    except KeyServiceError as e:
+        codes.append(e.status)
+print(" ".join(map(str, codes)))
+"""
+
+
+@pytest.mark.faults
+def test_another_container_cannot_lock_a_device_out_through_the_agent(
+    vault: VaultServer, agent: AgentProcess, tmp_path: Path, key_name: str
+) -> None:
+    """A container guessing another's PSK through the agent spends its own budget (3 refusals per
+    device, keyed by the kernel's word for who connected: uid and pid namespace), not the device's
+    (the vault locks a device after 5). Before, the agent keyed callers by the device name they
+    claimed, so 5 bad MACs claiming the device locked it out for everyone."""
+    sealed, name, psk = granted(vault, tmp_path, key_name)
+    wrapped = sealed.recipient.wrapped.hex()
+    # Another container: its own pid namespace (`unshare`), same uid, same agent socket.
+    attacker = subprocess.run(
+        ["unshare", "--pid", "--fork", sys.executable, "-c", ATTACKER, agent.address, name, wrapped],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert attacker.returncode == 0, attacker.stderr
+    assert attacker.stdout.split() == ["403", "403", "403", "429", "429", "429"], attacker.stdout
+    with modelseal.open(sealed.path, via(agent.address, name, psk)) as model:  # not locked out
+        assert bytes(model.read()) == sealed.data

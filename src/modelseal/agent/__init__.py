@@ -22,7 +22,7 @@ from .cache import ModelCache
 
 if TYPE_CHECKING:
     from ..service.connections import ConnectionLimits
-from .limits import RateLimiter
+from .limits import RateLimiter, RefusalBudget
 from .upstream import RetryPolicy, Upstream
 
 UNIX_PREFIX = "unix:"
@@ -87,7 +87,7 @@ def build_agent(config: AgentConfig, *, log: JsonLog | None = None) -> Agent:
         retry=RetryPolicy(),
     )
     limiter = RateLimiter(config.rate, config.burst, config.total_rate)
-    return Agent(upstream, ModelCache(config.cache_dir), limiter, log)
+    return Agent(upstream, ModelCache(config.cache_dir), limiter, log, refusals=RefusalBudget())
 
 
 def serve(config: AgentConfig) -> None:
@@ -101,7 +101,7 @@ def serve(config: AgentConfig) -> None:
     from ..service.connections import ConnectionLimits
 
     limits = config.limits or ConnectionLimits()
-    settings = limits.uvicorn_config()
+    settings = limits.uvicorn_config(peer_credentials=True)
     uv = uvicorn.Config(
         app, server_header=False, access_log=False, log_level="warning", lifespan="on", **settings
     )

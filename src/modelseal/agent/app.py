@@ -29,7 +29,7 @@ from ..service.http import error_response, read_bounded
 from ..service.logs import JsonLog
 from ..vault.errors import Unavailable
 from .cache import ModelCache, etag_digest
-from .limits import RateLimiter
+from .limits import RateLimiter, RefusalBudget
 from .upstream import Upstream
 
 MAX_BODY = 64 << 10
@@ -69,16 +69,27 @@ def _claimed_device(request: Request, body: bytes) -> str:
 
 class Agent:
     def __init__(
-        self, upstream: Upstream, cache: ModelCache, limiter: RateLimiter, log: JsonLog | None = None
+        self,
+        upstream: Upstream,
+        cache: ModelCache,
+        limiter: RateLimiter,
+        log: JsonLog | None = None,
+        *,
+        refusals: RefusalBudget | None = None,
     ) -> None:
         self.upstream = upstream
         self.cache = cache
         self.limiter = limiter
         self.log = log or JsonLog()
+        self.refusals = refusals or RefusalBudget()
+
+    @staticmethod
+    def _peer(request: Request) -> str:
+        # On the unix socket: the kernel's word for who connected (service.connections.peer_identity).
+        return request.client.host if request.client else "unix"
 
     def _caller(self, request: Request, device: str) -> str:
-        peer = request.client.host if request.client else "unix"
-        return f"{peer}/{device}"
+        return f"{self._peer(request)}/{device}"
 
     def _limited(self, caller: str) -> Response | None:
         wait = self.limiter.acquire(caller)
@@ -115,12 +126,25 @@ class Agent:
         if body is None:
             self._done(request, started, 413, "?")
             return error_response(413, "invalid_request", f"request bodies are limited to {MAX_BODY} bytes")
-        caller = self._caller(request, _claimed_device(request, body))
+        device = _claimed_device(request, body)
+        caller = self._caller(request, device)
         refused = self._limited(caller)
+        if refused is None and request.url.path != "/v1/attest/challenge":
+            wait = self.refusals.exhausted(self._peer(request), device)
+            if wait:
+                refused = error_response(
+                    429,
+                    "too_many_refusals",
+                    "the vault refused too many proofs from this caller for this device; retry later",
+                    {"Retry-After": str(wait)},
+                )
         if refused is not None:
             self._done(request, started, 429, caller)
             return refused
-        return await self._pass_through(request, started, caller, "POST", request.url.path, body)
+        answer = await self._pass_through(request, started, caller, "POST", request.url.path, body)
+        if answer.status_code == 403:
+            self.refusals.refused(self._peer(request), device)
+        return answer
 
     async def _pass_through(
         self, request: Request, started: float, caller: str, method: str, path: str, body: bytes = b""

@@ -63,3 +63,44 @@ class RateLimiter:
                 bucket.tokens += 1  # the caller's token was not spent on anything
                 return max(1, math.ceil(wait))
             return 0
+
+
+class RefusalBudget:
+    """Refused proofs per (caller, device), so one caller cannot lock another's device out.
+
+    The vault locks a device after 5 failed proofs in 15 minutes, whoever sent them. The agent stops
+    forwarding a caller's requests for a device once the vault refused ``limit`` of them within
+    ``window`` seconds, well under that: a container guessing another's PSK spends its own budget,
+    not the device's. (Callers on other agents, or several colluding callers, can still add up.)
+    """
+
+    def __init__(self, limit: int = 3, window: float = 900.0, *, max_entries: int = 4096) -> None:
+        self.limit, self.window, self._max = limit, window, max_entries
+        self._seen: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _recent(self, key: tuple[str, str], now: float) -> list[float]:
+        times = [t for t in self._seen.get(key, ()) if t > now - self.window]
+        if times:
+            self._seen[key] = times
+            self._seen.move_to_end(key)
+        else:
+            self._seen.pop(key, None)
+        return times
+
+    def exhausted(self, caller: str, device: str) -> int:
+        """0 while the caller may still send proofs for ``device``, else seconds until it may."""
+        now = time.monotonic()
+        with self._lock:
+            times = self._recent((caller, device), now)
+            if len(times) < self.limit:
+                return 0
+            return max(1, math.ceil(times[0] + self.window - now))
+
+    def refused(self, caller: str, device: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._seen[(caller, device)] = [*self._recent((caller, device), now), now]
+            self._seen.move_to_end((caller, device))
+            while len(self._seen) > self._max:
+                self._seen.popitem(last=False)

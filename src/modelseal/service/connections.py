@@ -16,6 +16,9 @@ Imported by the serve functions only: importing it loads uvicorn.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +74,33 @@ class HeadDeadlineProtocol(H11Protocol):
         self.transport.abort()
 
 
+def peer_identity(transport: asyncio.BaseTransport) -> str | None:
+    """Who is on the other end of a unix socket, as the kernel says (SO_PEERCRED): its uid and its
+    pid namespace (a container), else its pid. None for TCP. A caller cannot choose it."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    try:
+        pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    except OSError:
+        return None
+    try:
+        return f"uid{uid}.pidns{os.stat(f'/proc/{pid}/ns/pid').st_ino}"
+    except OSError:
+        return f"uid{uid}.pid{pid}"
+
+
+class PeerCredentialsProtocol(HeadDeadlineProtocol):
+    """On a unix socket, the request's client address is the peer's kernel identity (peer_identity),
+    so per-caller limits cannot be dodged or exhausted under another caller's name."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        peer = peer_identity(transport)
+        if peer is not None:
+            self.client = (peer, 0)
+
+
 @dataclass(frozen=True)
 class ConnectionLimits:
     """`--head-timeout`, `--keep-alive`, `--max-connections` of `vault serve` and `agent serve`."""
@@ -83,9 +113,10 @@ class ConnectionLimits:
         if not (0 < self.head_timeout <= 3600 and 0 < self.keep_alive <= 3600 and self.max_connections >= 1):
             raise ValueError("connection limits must be positive (timeouts at most an hour)")
 
-    def uvicorn_config(self) -> dict[str, Any]:
-        """The uvicorn.Config keywords both servers pass."""
-        protocol = type("HeadDeadline", (HeadDeadlineProtocol,), {"head_timeout": self.head_timeout})
+    def uvicorn_config(self, *, peer_credentials: bool = False) -> dict[str, Any]:
+        """The uvicorn.Config keywords both servers pass (the agent with ``peer_credentials``)."""
+        base = PeerCredentialsProtocol if peer_credentials else HeadDeadlineProtocol
+        protocol = type("HeadDeadline", (base,), {"head_timeout": self.head_timeout})
         return {
             "http": protocol,
             "timeout_keep_alive": self.keep_alive,
