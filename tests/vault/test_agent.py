@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -302,6 +304,10 @@ print(" ".join(map(str, codes)))
 
 
 @pytest.mark.faults
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="a second pid namespace (another container) needs root and unshare (util-linux)",
+)
 def test_another_container_cannot_lock_a_device_out_through_the_agent(
     vault: VaultServer, agent: AgentProcess, tmp_path: Path, key_name: str
 ) -> None:
