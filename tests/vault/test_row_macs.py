@@ -210,3 +210,16 @@ def test_a_row_whose_mac_was_cleared_stops_the_vault_from_starting(scene: Scene)
     data = scene.db.parent
     with pytest.raises(RowTampered, match="devices"):
         datadir.DataDir(data).open_store()
+
+
+def test_deleting_a_licence_slot_row_frees_no_slot(scene: Scene) -> None:
+    """The licence's device count is a field of its MAC'd row, not a count of slot rows an attacker
+    can delete: with cam's slot row gone, the one-device licence still refuses another device."""
+    licence(max_devices=1, use_once=True)(scene)  # cam took the only device slot
+    scene.local.devices.put_policy(scene.local.admin, "p", "k", ["other"], ["edge"])
+    scene.sql("DELETE FROM licence_devices")
+    with pytest.raises(ReleaseDenied):
+        scene.release("other")
+    assert scene.last_outcome()["outcome"] == "licence_device_limit"
+    scene.sql("UPDATE licences SET device_count = 0")
+    refused_as_tampered(scene, "other", "licences")

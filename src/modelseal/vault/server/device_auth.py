@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -33,7 +33,7 @@ from .device_rows import Decision, ReleaseDenied, psk_row
 from .devices import DeviceStore
 from .release import LOCKOUT_FAILURES
 from .row_macs import RowTampered
-from .schema import Device, Domain, Licence, LicenceDevice, MasterKey, Policy, ReleaseNonce
+from .schema import Device, Domain, Licence, MasterKey, Policy, ReleaseNonce
 
 T = TypeVar("T")
 _MAX_NAME = 128
@@ -322,12 +322,9 @@ class DeviceRequests:
     def _licence_refusal(self, session: Session, lic: Licence, device_id: int, at: float) -> str | None:
         if lic.not_after is not None and at > lic.not_after:
             return "licence_expired"
-        if lic.max_devices is not None and not self.devices.releases.knows(session, lic.id, device_id):
-            count = session.execute(
-                select(func.count(LicenceDevice.id)).where(LicenceDevice.licence_id == lic.id)
-            ).scalar()
-            if int(count or 0) >= lic.max_devices:
-                return "licence_device_limit"
+        full = lic.max_devices is not None and lic.device_count >= lic.max_devices
+        if full and not self.devices.releases.knows(session, lic.id, device_id):
+            return "licence_device_limit"
         return None
 
     def first_grant(

@@ -12,7 +12,6 @@ from typing import Any
 
 from sqlalchemy import (
     delete,
-    func,
     select,
 )
 from sqlalchemy.orm import Session
@@ -30,7 +29,7 @@ from .device_rows import (
     psk_row,
 )
 from .release import LOCKOUT_FAILURES, ReleaseDecider
-from .schema import AuthFailure, Device, Licence, LicenceDevice, Policy, now
+from .schema import AuthFailure, Device, Licence, Policy, now
 from .store import Store
 
 
@@ -272,9 +271,6 @@ class DeviceStore:
         return self.store.operation(who, "policy.read", name, run)
 
     def _licence_dict(self, session: Session, licence: Licence, policy: str) -> dict[str, Any]:
-        devices = session.execute(
-            select(func.count(LicenceDevice.id)).where(LicenceDevice.licence_id == licence.id)
-        ).scalar()
         return {
             "name": licence.name,
             "policy": policy,
@@ -283,7 +279,7 @@ class DeviceStore:
             "max_uses": licence.max_uses,
             "max_devices": licence.max_devices,
             "uses": licence.uses,
-            "devices": int(devices or 0),
+            "devices": licence.device_count,
         }
 
     def create_licence(

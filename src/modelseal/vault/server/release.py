@@ -61,7 +61,6 @@ class _Reads:
     policies: dict[tuple[int, str], list[Policy]] = field(default_factory=dict)
     licences: dict[int, list[Licence]] = field(default_factory=dict)
     knows: dict[tuple[int, int], bool] = field(default_factory=dict)
-    licence_devices: dict[int, int] = field(default_factory=dict)
     keys: dict[tuple[int, str], MasterKey | None] = field(default_factory=dict)
     material: dict[tuple[int, int], bytes] = field(default_factory=dict)
     uses: dict[int, int] = field(default_factory=dict)
@@ -86,7 +85,8 @@ def _write_uses(session: Session) -> None:
     for licence_id in reads.uses:
         lic = snapshots[licence_id]
         mac = row_macs.row_mac(barrier, "licences", row_macs.fields_of(lic))
-        sql.USE_LICENCE.run(session, {"licence_id": licence_id, "uses": lic.uses, "mac": mac})
+        params = {"licence_id": licence_id, "uses": lic.uses, "device_count": lic.device_count, "mac": mac}
+        sql.USE_LICENCE.run(session, params)
     reads.uses.clear()
 
 @dataclass(frozen=True)
@@ -452,8 +452,7 @@ class ReleaseDecider:
                 mac = row_macs.row_mac(barrier, "licence_devices", pair)
                 sql.ADD_LICENCE_DEVICE.run(session, pair | {"mac": mac})
                 reads.knows[lic.id, device.id] = True
-                if lic.id in reads.licence_devices:
-                    reads.licence_devices[lic.id] += 1
+                lic.device_count += 1  # written with the uses, under the row's MAC (_write_uses)
         decision.details["data_key_hmac"] = self.store.secret_digest("data key", mek)
 
     def knows(self, session: Session, licence_id: int, device_id: int) -> bool:
@@ -474,13 +473,10 @@ class ReleaseDecider:
             return "licence_expired"
         if lic.max_uses is not None and lic.uses >= lic.max_uses:
             return "licence_used_up"
-        if lic.max_devices is not None and not self._known(session, lic.id, device_id):
-            counts = _reads(session).licence_devices
-            if lic.id not in counts:
-                counted = sql.LICENCE_DEVICES.scalar(session, {"licence_id": lic.id})
-                counts[lic.id] = int(counted or 0)
-            if counts[lic.id] >= lic.max_devices:
-                return "licence_device_limit"
+        # The MAC'd count, not the slot rows: deleting one frees no slot.
+        full = lic.max_devices is not None and lic.device_count >= lic.max_devices
+        if full and not self._known(session, lic.id, device_id):
+            return "licence_device_limit"
         return None
 
     def identity_of(self, device: Device) -> tuple[bytes, bytes | None] | None:

@@ -62,15 +62,12 @@ KNOWS = HotStatement(
         LicenceDevice.licence_id == bindparam("licence_id"), LicenceDevice.device_id == bindparam("device_id")
     )
 )
-LICENCE_DEVICES = HotStatement(
-    select(func.count(LicenceDevice.id)).where(LicenceDevice.licence_id == bindparam("licence_id"))
-)
 ADD_LICENCE_DEVICE = HotStatement(insert(LicenceDevice), ("licence_id", "device_id", "mac"))
 # Absolute, not uses + n: the row's MAC (row_macs.py) is computed over the new count.
 USE_LICENCE = HotStatement(
     update(Licence)
     .where(Licence.id == bindparam("licence_id"))
-    .values(uses=bindparam("uses"), mac=bindparam("mac"))
+    .values(uses=bindparam("uses"), device_count=bindparam("device_count"), mac=bindparam("mac"))
 )
 MASTER_KEY = HotStatement(
     select(MasterKey.__table__).where(

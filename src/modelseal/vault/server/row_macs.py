@@ -49,7 +49,10 @@ FIELDS: dict[str, tuple[str, ...]] = {
         "deletion_allowed",
     ),
     "policies": ("id", "domain_id", "name", "key_name", "devices", "groups"),
-    "licences": ("id", "domain_id", "name", "policy_id", "not_after", "max_uses", "max_devices", "uses"),
+    "licences": (
+        "id", "domain_id", "name", "policy_id", "not_after", "max_uses", "max_devices", "uses",
+        "device_count",
+    ),
     "licence_devices": ("licence_id", "device_id"),
 }  # fmt: skip
 BOUND: tuple[type[Base], ...] = (Device, Token, MasterKey, Policy, Licence, LicenceDevice)

@@ -171,6 +171,9 @@ class Licence(Base):
     max_uses: Mapped[int | None] = mapped_column(Integer, nullable=True)
     max_devices: Mapped[int | None] = mapped_column(Integer, nullable=True)
     uses: Mapped[int] = mapped_column(Integer, default=0)
+    # How many devices hold the licence (licence_devices rows), kept here so the row's MAC binds it:
+    # deleting a licence_devices row frees no slot (migration 0007).
+    device_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     mac: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # row_macs.py
 
 

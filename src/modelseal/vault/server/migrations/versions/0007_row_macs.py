@@ -1,4 +1,4 @@
-"""Rows that decide access carry a MAC under the barrier (row_macs.py).
+"""Rows that decide access carry a MAC under the barrier (row_macs.py); licences count their devices.
 
 Revision ID: 0007
 Revises: 0006
@@ -25,9 +25,17 @@ def upgrade() -> None:
     for table in TABLES:
         with op.batch_alter_table(table) as batch:
             batch.add_column(sa.Column("mac", sa.LargeBinary, nullable=True))
+    with op.batch_alter_table("licences") as batch:
+        batch.add_column(sa.Column("device_count", sa.Integer, nullable=False, server_default="0"))
+    op.execute(
+        "UPDATE licences SET device_count ="
+        " (SELECT count(*) FROM licence_devices WHERE licence_devices.licence_id = licences.id)"
+    )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("licences") as batch:
+        batch.drop_column("device_count")
     for table in TABLES:
         with op.batch_alter_table(table) as batch:
             batch.drop_column("mac")
