@@ -118,3 +118,10 @@ class LeaseLostError(ModelSealError):
     """
 
     exit_code = 17
+
+
+class ListenError(ModelSealError):
+    """A server (vault, agent, emulated card) cannot listen where it was told: the address is in use,
+    not local, or its folder is missing."""
+
+    exit_code = 18

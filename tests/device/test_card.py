@@ -93,7 +93,7 @@ def test_unreachable_card_is_one_line(card: device.DeviceServer) -> None:
 
 
 def test_port_in_use_is_refused(card: device.DeviceServer, card_key: Any) -> None:
-    with pytest.raises(device.DeviceError, match="cannot listen"):
+    with pytest.raises(modelseal.ListenError, match="cannot listen"):
         device.DeviceServer(1, card_key, port=card.port, notice=lambda _: None)
 
 

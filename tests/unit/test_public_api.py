@@ -17,6 +17,7 @@ EXPECTED = {
     "LeaseKeeper",
     "LeasedHandle",
     "LeaseLostError",
+    "ListenError",
     "LeasePolicy",
     "MemoryLimitError",
     "MemoryLockError",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import UsageError
+from ..errors import ListenError, UsageError
 from ..service.logs import JsonLog
 from .app import Agent, create_app
 from .cache import ModelCache
@@ -43,6 +43,9 @@ class AgentConfig:
     limits: ConnectionLimits | None = None  # head deadline, keep-alive, connection cap
 
 
+DEFAULT_SOCKET_DIR = "/run/modelseal"  # docs: --listen unix:/run/modelseal/agent.sock
+
+
 def parse_listen(text: str) -> tuple[str, int] | str:
     """``unix:PATH`` -> PATH, ``HOST:PORT`` -> (HOST, PORT)."""
     if text.startswith(UNIX_PREFIX):
@@ -66,11 +69,18 @@ def _unix_socket(path: str, mode: int) -> socket.socket:
         target.unlink()
     elif target.exists():
         raise UsageError(f"{path} exists and is not a socket")
+    if not target.parent.is_dir():
+        if str(target.parent) != DEFAULT_SOCKET_DIR:
+            raise ListenError(f"cannot listen on unix:{path}: the folder {target.parent} does not exist")
+        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)  # the documented default
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     # Bind under a umask so the socket is never, even briefly, more open than asked.
     previous = os.umask(0o777 & ~mode)
     try:
         sock.bind(path)
+    except OSError as e:
+        sock.close()
+        raise ListenError(f"cannot listen on unix:{path}: {e.strerror or e}") from None
     finally:
         os.umask(previous)
     os.chmod(path, mode)
@@ -117,7 +127,9 @@ def serve(config: AgentConfig) -> None:
                 os.unlink(where)
     else:
         host, port = where
-        sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+        from ..service.connections import listen
+
+        sock = listen(host, port)
         log.event("listening", address=f"{host}:{port}", vault=config.vault)
         with sock:
             server.run(sockets=[sock])

@@ -20,6 +20,7 @@ import contextlib
 import os
 import secrets
 import signal
+import socket
 import sys
 import threading
 import time
@@ -33,9 +34,9 @@ import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..errors import (
-    DeviceError,
     FormatError,
     IntegrityError,
+    ListenError,
     ModelSealError,
     NoMatchingIdentityError,
     UsageError,
@@ -383,12 +384,22 @@ class DeviceServer:
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options)
         self._server.add_generic_rpc_handlers((generic_handler(self.service),))
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if port:
+            # Asked first: gRPC's own refusal also writes a C++ log line to stderr.
+            try:
+                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                socket.create_server((host, port), family=family).close()
+            except OSError as e:
+                why = os.strerror(e.errno) if e.errno else str(e)
+                raise ListenError(f"cannot listen on {address}: {why} (pick another --port)") from None
         try:
             bound = self._server.add_insecure_port(address)
         except RuntimeError:
             bound = 0
         if not bound:
-            raise DeviceError(f"cannot listen on {address} (in use or not a local address)")
+            raise ListenError(
+                f"cannot listen on {address} (in use or not a local address: pick another --port)"
+            )
         self.port: int = bound
 
     def start(self) -> DeviceServer:

@@ -24,6 +24,8 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from ..errors import ListenError
+
 HEAD_TIMEOUT = 10.0
 KEEP_ALIVE = 5
 MAX_CONNECTIONS = 1000
@@ -99,6 +101,19 @@ class PeerCredentialsProtocol(HeadDeadlineProtocol):
         peer = peer_identity(transport)
         if peer is not None:
             self.client = (peer, 0)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket, or one line saying why not (ListenError): before anything is served,
+    so a port in use is not a stack of log lines and a misleading exit code."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as e:
+        why = os.strerror(e.errno) if e.errno else str(e)
+        raise ListenError(
+            f"cannot listen on {host}:{port}: {why} (another process may hold it: pick another --listen)"
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -254,12 +254,13 @@ def serve(
 ) -> None:
     import uvicorn
 
-    from ...service.connections import TLS12_CIPHERS, ConnectionLimits
+    from ...service.connections import TLS12_CIPHERS, ConnectionLimits, listen
     from ...service.logs import JsonLog
     from . import metrics
     from .app import create_app
 
     cert_reqs = _client_cert_reqs(client_ca, client_cert_required, insecure_http)
+    sock = listen(host, port)  # a port in use is one line, before anything is opened or logged
     log = JsonLog()
     metrics.configure_logging(log)  # from here on every line on stderr is one JSON object
     data = DataDir(Path(path))
@@ -286,10 +287,8 @@ def serve(
         metrics_public=metrics_public,
     )
     try:
-        uvicorn.run(
+        config = uvicorn.Config(
             app,
-            host=host,
-            port=port,
             server_header=False,
             log_level="info",
             ssl_certfile=cert,
@@ -302,7 +301,9 @@ def serve(
             ssl_ciphers=TLS12_CIPHERS,
             **(limits or ConnectionLimits()).uvicorn_config(),  # head deadline, keep-alive, cap, stop
         )
+        uvicorn.Server(config).run(sockets=[sock])
     finally:
+        sock.close()
         # uvicorn has drained the connections: commit what is still queued, stop the writer.
         app.state.release_gate.close()
 
