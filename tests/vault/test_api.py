@@ -213,3 +213,29 @@ def test_a_token_is_never_sent_to_a_plain_http_vault_unless_asked(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "plain http://" in err and "msv.secret-token" not in err
     assert main([*base, "--insecure-http"]) == Unavailable.exit_code  # tried: nothing listens there
+
+
+def test_an_untrusted_vault_certificate_is_named_with_the_fix(
+    vault: VaultServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: the raw `[SSL: CERTIFICATE_VERIFY_FAILED] … (_ssl.c:1006)` and no hint."""
+    other_ca = tmp_path / "other-ca.pem"
+    from modelseal.vault.server import tls
+
+    tls.generate(tmp_path / "other")
+    other_ca.write_bytes((tmp_path / "other" / tls.CA_FILE).read_bytes())
+    with VaultClient(vault.url, ca=other_ca) as client, pytest.raises(Unavailable) as refused:
+        client.health()
+    assert refused.value.code == "untrusted_certificate"
+    message = str(refused.value)
+    assert f"the CA in {other_ca}" in message and "--ca or MODELSEAL_VAULT_CA" in message
+    assert "_ssl.c" not in message
+    token = vault.admin_token_file
+    assert (
+        main(
+            ["vault", "key", "list", "--vault", vault.url, "--token-file", str(token), "--ca", str(other_ca)]
+        )
+        == 15
+    )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "certificate is not trusted" in err

@@ -66,6 +66,18 @@ def _error(response: httpx.Response) -> KeyServiceError:
     return cls(f"vault: {message}", code=code, status=response.status_code)
 
 
+def _untrusted_certificate(error: BaseException) -> bool:
+    """The TLS handshake failed on the server's certificate (somewhere in the exception's chain)."""
+    seen: BaseException | None = error
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _b64(value: Any) -> bytes:
     try:
         return base64.b64decode(str(value), validate=True)
@@ -85,6 +97,7 @@ class VaultClient:
         insecure_http: bool = False,
     ) -> None:
         self.url = url.rstrip("/")
+        self._trust = f"the CA in {ca}" if ca is not None else "the system's CAs"
         if token and self.url.lower().startswith("http://") and not insecure_http:
             raise UsageError(
                 "refusing to send a vault token over plain http:// (anyone on the path could read and "
@@ -161,6 +174,12 @@ class VaultClient:
         try:
             response = self._http.request(method, f"/v1{path}", **kwargs)
         except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            if _untrusted_certificate(e):
+                raise Unavailable(
+                    f"the vault at {self.url} answered, but its certificate is not trusted by {self._trust}: "
+                    "give the vault's CA with --ca or MODELSEAL_VAULT_CA (DIR/tls/ca.pem of `vault init`)",
+                    code="untrusted_certificate",
+                ) from None
             # Never sent: resending (with a fresh nonce) cannot act twice.
             raise Unavailable(f"cannot reach the vault at {self.url}: {e}", code="unreachable") from None
         except httpx.HTTPError as e:
