@@ -26,7 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "runtimes": {"core", "format"},
     "cfs": {"core"},
     "keyrelease": {"core", "recipients", "vault"},
-    "service": set(),
+    "service": {"core"},
     "vault": {"core"},
     "vault.client": {"core", "format", "keyrelease", "vault", "device"},
     "vault.server": {"core", "recipients", "keyrelease", "service", "vault", "vault.client"},
@@ -41,6 +41,7 @@ ALLOWED: dict[str, set[str]] = {
 # way across it.
 ONLY_THROUGH = {
     ("format", "core"): {"modelseal.errors"},
+    ("service", "core"): {"modelseal.errors"},
     ("keyrelease", "vault"): {"modelseal.vault.errors", "modelseal.vault"},
     ("agent", "vault"): {"modelseal.vault.errors", "modelseal.vault"},
     ("vault", "core"): {"modelseal.errors"},

@@ -70,10 +70,8 @@ def _untrusted_certificate(error: BaseException) -> bool:
     """The TLS handshake failed on the server's certificate (somewhere in the exception's chain)."""
     seen: BaseException | None = error
     for _ in range(8):
-        if seen is None:
-            return False
-        if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
-            return True
+        if seen is None or isinstance(seen, ssl.SSLCertVerificationError) or "VERIFY_FAILED" in str(seen):
+            return seen is not None
         seen = seen.__cause__ or seen.__context__
     return False
 
