@@ -209,3 +209,12 @@ def test_help_teaches(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         run("seal", "--help")
     assert "example:" in capsys.readouterr().out
+
+
+def test_bare_modelseal_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    """A newcomer typing just `modelseal` gets the commands, not `error: ... required: COMMAND`."""
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: modelseal") and "seal" in out and "vault" in out
+    done = subprocess.run([sys.executable, "-m", "modelseal"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and done.stdout.startswith("usage: modelseal") and not done.stderr

@@ -98,6 +98,9 @@ def _stop_signals_raise(args: argparse.Namespace) -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):
+        parser.print_help()  # bare `modelseal`: what it can do, not an error
+        return 0
     args = parser.parse_args(argv)
     try:
         with _stop_signals_raise(args):
