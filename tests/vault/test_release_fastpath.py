@@ -23,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from modelseal.service.logs import JsonLog
-from modelseal.vault.server import release_api
+from modelseal.vault.server import http_common
 from modelseal.vault.server.admission import ReleaseSettings
 from modelseal.vault.server.app import create_app
 from modelseal.vault.server.devices import DeviceStore
@@ -160,8 +160,8 @@ def test_an_unexpected_error_is_a_500_counted_and_logged_as_error(
     async def crash(*_: Any) -> Any:
         raise RuntimeError("a bug")
 
-    # Looked up per request inside the release endpoint (its parser is bound when the app is built).
-    monkeypatch.setattr(release_api, "read_bounded", crash)
+    # Looked up per request by the device routes' body reader (http_common.device_body).
+    monkeypatch.setattr(http_common, "read_bounded", crash)
     answer = served.post(build_request("cam", served.psk, served.local.sealed).body)
     assert answer.status_code == 500 and answer.text == "Internal Server Error"
     (line,) = [line for line in served.log_lines() if line.get("route") == "/v1/release"]

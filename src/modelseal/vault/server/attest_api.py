@@ -15,7 +15,7 @@ from ...errors import AttestationError
 from ...keyrelease import datakeys, wire
 from ...keyrelease.report import MAX_REPORT_SIZE, Report
 from ...keyrelease.wire import DEFAULT_DOMAIN
-from ...service.http import NO_STORE, error_response, read_bounded
+from ...service.http import NO_STORE, error_response
 from ..errors import Unavailable
 from .admission import ReleaseGate, ReleaseSettings
 from .attestation import (
@@ -32,6 +32,7 @@ from .devices import DeviceStore
 from .http_common import (
     WRITE_KEYS,
     BadRelease,
+    device_body,
     json_object,
     release_b64,
     release_int,
@@ -98,11 +99,9 @@ def add_routes(
         return service.enroll(who, name, public_key, measurement)
 
     async def challenge(request: Request) -> Response:
-        if store.barrier.sealed:
-            return error_response(503, "sealed", "the vault is sealed")
-        data = await read_bounded(request, MAX_CHALLENGE_BODY)
-        if data is None:
-            return error_response(413, "invalid_request", "the challenge request is too large")
+        data = await device_body(store.barrier.sealed, request, MAX_CHALLENGE_BODY, "challenge")
+        if isinstance(data, Response):
+            return data
         try:
             domain, device = parse_challenge(data)
         except BadRelease as e:

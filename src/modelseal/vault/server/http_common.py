@@ -8,11 +8,12 @@ import binascii
 import json
 from typing import Any, Protocol
 
+from starlette.requests import Request
 from starlette.responses import Response
 
 from ...keyrelease import datakeys, wire
 from ...keyrelease.wire import DEFAULT_DOMAIN
-from ...service.http import NO_STORE
+from ...service.http import NO_STORE, error_response, read_bounded
 from .callers import Principal
 from .device_rows import ReleaseDenied
 from .release import ReleaseRequest
@@ -33,6 +34,23 @@ MAX_RELEASE_BODY = 4096
 DENIED_BODY = json.dumps(
     {"error": {"code": ReleaseDenied.code, "message": "key release refused"}}, separators=(",", ":")
 ).encode()
+
+async def device_body(sealed: bool, request: Request, limit: int, what: str) -> bytes | Response:
+    """The body of a device route (no token: the proof is in it), or the answer that ends it:
+    503 while sealed, 413 over ``limit``."""
+    if sealed:
+        return error_response(503, "sealed", "the vault is sealed")
+    data = await read_bounded(request, limit)
+    if data is None:
+        return error_response(413, "invalid_request", f"the {what} request is too large")
+    return data
+
+
+def request_path(request: Request) -> str:
+    """The path exactly as sent (what a device's headers MAC), without the query."""
+    raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
+    return bytes(raw_path).split(b"?", 1)[0].decode("latin-1")
+
 
 def denied() -> Response:
     return Response(DENIED_BODY, 403, headers=NO_STORE, media_type="application/json")

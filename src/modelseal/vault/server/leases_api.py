@@ -8,7 +8,7 @@ from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from ...service.http import NO_STORE, error_response, read_bounded
+from ...service.http import NO_STORE, error_response
 from ..errors import Unavailable
 from .device_auth import (
     BadDeviceRequest,
@@ -17,7 +17,7 @@ from .device_auth import (
 )
 from .device_rows import ReleaseDenied
 from .devices import DeviceStore
-from .http_common import API_PREFIX, denied
+from .http_common import API_PREFIX, denied, device_body, request_path
 from .leases import MAX_LEASE_BODY, BadLease, Leases, parse_lease
 from .store import Store
 
@@ -27,15 +27,12 @@ def add_routes(app: FastAPI, store: Store, devices: DeviceStore) -> Leases:
 
     async def lease(request: Request) -> Response:
         # No token: the device headers are the authentication, and they MAC this exact body.
-        if store.barrier.sealed:
-            return error_response(503, "sealed", "the vault is sealed")
-        data = await read_bounded(request, MAX_LEASE_BODY)
-        if data is None:
-            return error_response(413, "invalid_request", "the lease request is too large")
-        raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
-        path = bytes(raw_path).split(b"?", 1)[0].decode("latin-1")
+        data = await device_body(store.barrier.sealed, request, MAX_LEASE_BODY, "lease")
+        if isinstance(data, Response):
+            return data
         try:
             req = parse_lease(data)
+            path = request_path(request)
             proof = parse_device_headers(request.headers, method="POST", path=path, body=data)
         except (BadLease, BadDeviceRequest) as e:
             return error_response(400, "invalid_request", f"invalid request field: {e}")

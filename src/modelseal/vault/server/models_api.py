@@ -19,7 +19,7 @@ from .device_auth import BadDeviceRequest, DeviceRequests, has_device_headers
 from .device_auth import parse_device_headers as parse_proof
 from .device_rows import ReleaseDenied, check_id
 from .devices import DeviceStore
-from .http_common import API_PREFIX, denied
+from .http_common import API_PREFIX, denied, request_path
 from .repository import (
     CHUNK_SIZE,
     DEFAULT_MAX_MODEL_SIZE,
@@ -94,9 +94,8 @@ async def fetch(store: Store, repo: ModelRepository, request: Request, content: 
     try:
         check_id("model", model_id)
         if has_device_headers(request.headers):
-            raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
-            path = bytes(raw_path).split(b"?", 1)[0].decode("latin-1")
             try:
+                path = request_path(request)
                 proof = parse_proof(request.headers, method=request.method, path=path, body=b"")
             except BadDeviceRequest as e:
                 return error_response(400, "invalid_request", f"invalid request header: {e}")

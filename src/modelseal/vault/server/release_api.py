@@ -16,13 +16,13 @@ from typing import TypeVar
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ...service.http import NO_STORE, error_response, read_bounded
+from ...service.http import NO_STORE, error_response
 from ..errors import Unavailable
 from .admission import ReleaseGate, queue_full_response
 from .device_rows import ReleaseDenied
 from .devices import DeviceStore
 from .group_commit import CommitQueueFull, Decide, OnConflict
-from .http_common import API_PREFIX, MAX_RELEASE_BODY, BadRelease, denied, parse_release
+from .http_common import API_PREFIX, MAX_RELEASE_BODY, BadRelease, denied, device_body, parse_release
 from .release import ReleaseTarget
 from .release_fastpath import Endpoint, VaultApp
 from .store import Store
@@ -68,11 +68,9 @@ def release_endpoint(
     token: the proof in the body is the device's authentication."""
 
     async def release(request: Request) -> Response:
-        if store.barrier.sealed:
-            return error_response(503, "sealed", "the vault is sealed")
-        data = await read_bounded(request, limit)
-        if data is None:
-            return error_response(413, "invalid_request", "the release request is too large")
+        data = await device_body(store.barrier.sealed, request, limit, "release")
+        if isinstance(data, Response):
+            return data
         try:
             req = parse(data)
         except BadRelease as e:
