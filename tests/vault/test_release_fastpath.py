@@ -163,7 +163,9 @@ def test_an_unexpected_error_is_a_500_counted_and_logged_as_error(
     # Looked up per request by the device routes' body reader (http_common.device_body).
     monkeypatch.setattr(http_common, "read_bounded", crash)
     answer = served.post(build_request("cam", served.psk, served.local.sealed).body)
-    assert answer.status_code == 500 and answer.text == "Internal Server Error"
+    # The documented error body, as every other route answers (before: Starlette's bare text).
+    assert answer.status_code == 500 and answer.json()["error"]["code"] == "internal_error"
+    assert "a bug" not in answer.text
     (line,) = [line for line in served.log_lines() if line.get("route") == "/v1/release"]
     assert (line["status"], line["level"]) == (500, "error")
     metrics = served.post(b"", path="/v1/sys/metrics", method="GET").text

@@ -13,7 +13,7 @@ from typing import Annotated
 
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DBAPIError
 
 from ...service.http import error_response
@@ -36,9 +36,7 @@ from .admission import ReleaseGate, ReleaseSettings
 from .callers import Principal
 from .devices import DeviceStore
 from .engine import storage_error
-from .http_common import (
-    API_PREFIX,
-)
+from .http_common import API_PREFIX, internal_error
 from .release_fastpath import ReleaseFastPath, VaultApp
 from .repository import DEFAULT_MAX_MODEL_SIZE
 from .request_limits import RequestLimits
@@ -131,10 +129,10 @@ def _error_handlers(app: FastAPI, log: JsonLog | None) -> None:
         return error_response(error.status, error.code, error.message)
 
     @app.exception_handler(Exception)
-    async def _internal(_: Request, exc: Exception) -> JSONResponse:
+    async def _internal(_: Request, exc: Exception) -> Response:
         # Never a bare 500 or a traceback: the documented shape, the exception's type in the log.
         (log or JsonLog()).event("internal_error", level="error", error=type(exc).__name__)
-        return error_response(500, "internal_error", "the vault failed to handle the request (logged)")
+        return internal_error()
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -52,6 +52,11 @@ def request_path(request: Request) -> str:
     return bytes(raw_path).split(b"?", 1)[0].decode("latin-1")
 
 
+def internal_error() -> Response:
+    """An unexpected failure, as every route answers it: the documented body, never a traceback."""
+    return error_response(500, "internal_error", "the vault failed to handle the request (logged)")
+
+
 def denied() -> Response:
     return Response(DENIED_BODY, 403, headers=NO_STORE, media_type="application/json")
 

@@ -12,8 +12,8 @@ gate, and keeps what those layers did for it:
   * Retry-After on every 429 and 503 (the sealed guard's rule);
   * the request's metrics and JSON log line (metrics.RequestRecorder), route template and status
     only;
-  * an unexpected exception: 500 with Starlette's body, then re-raised for the server's log
-    (ServerErrorMiddleware's behaviour).
+  * an unexpected exception: 500 with the documented error body (as the app's handler answers),
+    then re-raised for the server's log.
 
 Body size bound, parsing, the uniform refusal and the error mapping are the endpoint's own.
 """
@@ -25,10 +25,11 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from .barrier import Barrier
+from .http_common import internal_error
 from .metrics import RequestRecorder
 from .shares_api import SEALED_RETRY_AFTER
 
@@ -69,7 +70,7 @@ class ReleaseFastPath:
             await response(scope, receive, send_observed)
         except Exception:
             if not answered:
-                await PlainTextResponse("Internal Server Error", 500)(scope, receive, send_observed)
+                await internal_error()(scope, receive, send_observed)
             raise
         finally:
             self.record("POST", RELEASE_PATH, status, time.perf_counter() - started)
